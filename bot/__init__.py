@@ -1,0 +1,1 @@
+"""The Discord adapter for imgcls workshops (thin: validates, calls imgcls, renders)."""

@@ -1,0 +1,272 @@
+"""Bytes -> a verified, normalised, de-duplicated image file (or the reason it was refused).
+
+`ingest` is plain, synchronous and top-level so that it can run in a process pool. It
+never raises for bad input: every refusal is an `IngestOutcome(ok=False, reason=...)`
+whose `reason` is a key of `imgcls.types.REJECT_REASONS`. It uses `warnings.catch_warnings`,
+which is not thread-safe: prefer a process pool to a thread pool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Optional
+
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgcls.types import IngestLimits, IngestOutcome
+
+log = logging.getLogger(__name__)
+
+#: Formats we are willing to decode; the others (EPS, PSD, FITS, ...) are refused unread.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_WHITE = (255, 255, 255, 255)
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def phash_distance(a: str, b: str) -> int:
+    """How many of the 64 bits differ between two perceptual hashes (16 hex digits each)."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def is_near_duplicate(phash: str, known: Iterable[str], distance: int) -> bool:
+    """Whether any hash in `known` is within `distance` bits of `phash`."""
+    target = int(phash, 16)
+    return any((target ^ int(k, 16)).bit_count() <= distance for k in known)
+
+
+def ingest(
+    data: bytes,
+    images_dir: str | Path,
+    *,
+    limits: IngestLimits = IngestLimits(),
+    known_sha256: Collection[str] = (),
+    known_phashes: Collection[str] = (),
+) -> IngestOutcome:
+    """Check, normalise and store one image as `images_dir/<sha[:2]>/<sha>.jpg`.
+
+    The stored copy is RGB, upright, at most `limits.stored_max_side` on its longest side
+    and JPEG-encoded without metadata. Duplicates (by sha256 of the stored bytes, or by
+    perceptual hash) are reported with their hashes filled in but are not written.
+    """
+    try:
+        return _ingest(data, Path(images_dir), limits, known_sha256, known_phashes)
+    except _Refused as refusal:
+        return IngestOutcome(ok=False, reason=refusal.reason, detail=refusal.detail)
+
+
+def _ingest(
+    data: bytes,
+    images_dir: Path,
+    limits: IngestLimits,
+    known_sha256: Collection[str],
+    known_phashes: Collection[str],
+) -> IngestOutcome:
+    if not data:
+        raise _Refused("not_image", "the file is empty")
+    if len(data) > limits.max_bytes:
+        size, limit = _mb(len(data)), _mb(limits.max_bytes)
+        raise _Refused("too_large", f"the file is {size}; the limit is {limit}")
+    img, original_size, original_format = _decode(data, limits)
+    width, height = img.size
+    if min(width, height) < limits.min_side:
+        raise _Refused(
+            "too_small",
+            f"the image is {width}×{height} pixels; both sides must be at least "
+            f"{limits.min_side} pixels",
+        )
+    longest = max(width, height)
+    if longest > limits.stored_max_side:
+        scale = limits.stored_max_side / longest
+        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        img = img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+    img.info = {}  # no comment, EXIF, XMP or ICC profile is carried over
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=limits.jpeg_quality, optimize=False, exif=b"")
+    stored = buffer.getvalue()
+    sha = hashlib.sha256(stored).hexdigest()
+    phash = str(imagehash.phash(img))
+    outcome = IngestOutcome(
+        ok=True,
+        sha256=sha,
+        phash=phash,
+        width=img.width,
+        height=img.height,
+        nbytes=len(stored),
+        original_width=original_size[0],
+        original_height=original_size[1],
+        original_format=original_format,
+    )
+    if sha in known_sha256:
+        detail = "the same image is already in the workshop"
+        return dataclasses.replace(outcome, ok=False, reason="duplicate", detail=detail)
+    if is_near_duplicate(phash, known_phashes, limits.near_duplicate_distance):
+        detail = "a nearly identical image is already in the workshop"
+        return dataclasses.replace(outcome, ok=False, reason="near_duplicate", detail=detail)
+    relative = f"{sha[:2]}/{sha}.jpg"
+    _write_atomically(images_dir / relative, stored)
+    return dataclasses.replace(outcome, path=relative)
+
+
+def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], str]:
+    """The first frame, fully decoded, upright and RGB; with the original size and format."""
+    with warnings.catch_warnings():  # restores the filters afterwards
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = _open(data, limits)
+        except _BOMBS:
+            detail = _too_many_pixels("over", Image.MAX_IMAGE_PIXELS, limits)
+            raise _Refused("too_large", detail) from None
+        original_size, original_format = im.size, im.format or "unknown"
+        try:
+            ImageOps.exif_transpose(im, in_place=True)
+        except Exception:  # broken EXIF: keep the pixels as they are
+            log.debug("ignoring unreadable EXIF orientation", exc_info=True)
+        try:
+            return _to_rgb(im), original_size, original_format
+        except Exception as e:
+            log.debug("cannot convert a %s image in mode %s: %r", original_format, im.mode, e)
+            detail = f"the image's colours cannot be read (mode {im.mode})"
+            raise _Refused("corrupt", detail) from None
+
+
+def _open(data: bytes, limits: IngestLimits) -> Image.Image:
+    """Identify, check the pixel count before decoding, then decode the first frame."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=_allowed_formats())
+    except _BOMBS:
+        raise
+    except Exception as e:  # not an image at all, or a plugin choking on a broken header
+        log.debug("cannot open image: %r", e)
+        kind = _signature(data)
+        if isinstance(e, UnidentifiedImageError) and not kind:
+            raise _Refused("not_image", _sniff(data)) from None
+        raise _Refused("corrupt", f"the {kind or 'image'} file is truncated or damaged") from None
+    width, height = im.size
+    if width * height > limits.max_pixels:
+        detail = _too_many_pixels(f"{width}×{height},", width * height, limits)
+        raise _Refused("too_large", detail)
+    try:
+        im.seek(0)
+        im.load()
+    except _BOMBS:
+        raise
+    except Exception as e:
+        log.debug("cannot decode a %s image: %r", im.format, e)
+        raise _Refused("corrupt", f"the {im.format} file is truncated or damaged") from None
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB: alpha composited onto white, CMYK converted, 16-bit and float grey scaled to 8 bits."""
+    if im.mode == "RGB" and "transparency" not in im.info:
+        return im
+    if im.mode == "F" or im.mode.startswith("I"):
+        return Image.fromarray(_grey_to_8bit(np.asarray(im), im.mode), "L").convert("RGB")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, _WHITE)
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return im.convert("RGB")
+
+
+def _grey_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit and float greyscale scaled (not clipped) into 0..255."""
+    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16"):
+        scaled = a / 257.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = a * 255.0
+    elif low >= 0 and high <= 255:
+        scaled = a
+    elif low >= 0 and high <= 65535:
+        scaled = a / 257.0
+    else:  # an unusual range: stretch it
+        scaled = (a - low) * (255.0 / (high - low)) if high > low else np.zeros_like(a)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _sniff(data: bytes) -> str:
+    """A sentence saying what a file that is not an image probably is."""
+    head = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in head):
+        return "SVG drawings are not supported; export it as PNG or JPEG"
+    if head.startswith((b"<!doctype", b"<html", b"<head", b"<body")) or b"<html" in head[:512]:
+        return "the file is a web page (HTML), not an image"
+    if head.startswith(b"%pdf"):
+        return "the file is a PDF document, not an image"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc"):
+        return "HEIC photos are not supported; export it as JPEG"
+    try:
+        text = data[:2048].decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return "the file is text, not an image"
+    return "the file is not an image we can read; send a JPEG, PNG, WebP or GIF"
+
+
+def _signature(data: bytes) -> Optional[str]:
+    """The format an image file announces in its first bytes, if it is one we know."""
+    for magic, kind in _SIGNATURES:
+        if data.startswith(magic):
+            return kind
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WEBP"
+    return "AVIF" if data[4:12] in (b"ftypavif", b"ftypavis") else None
+
+
+def _too_many_pixels(size: str, pixels: int, limits: IngestLimits) -> str:
+    megapixels, limit = pixels / 1e6, limits.max_pixels / 1e6
+    return f"the image is {size} {megapixels:.1f} megapixels; the limit is {limit:.1f} megapixels"
+
+
+def _allowed_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; stored images are plain files
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _mb(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MB"
+    return f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"

@@ -1,0 +1,120 @@
+"""Classify image bytes with a model this project exported.
+
+The exported file is a pickle, so it is loaded only after its sha256 matches the one the
+runs table recorded when the model was trained. Loaded models stay cached per path.
+
+The fast path runs the learner's own validation transforms and its model directly,
+skipping Learner.predict's callback machinery; tests check both give the same answer.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import InvalidInput, ModelRefused
+from .train import sha256_file
+from .types import Prediction
+
+log = logging.getLogger(__name__)
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000):
+    """Image bytes -> an RGB PILImage, or InvalidInput saying why not."""
+    from fastai.vision.core import PILImage
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise InvalidInput("The image is empty.")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                raise InvalidInput(f"The image is {im.width}×{im.height}, too large to classify.")
+            im.seek(0)
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                im = Image.new("RGB", rgba.size, (255, 255, 255))
+                im.paste(rgba, mask=rgba.getchannel("A"))
+            return PILImage.create(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise InvalidInput(f"That file is not an image I can read ({type(exc).__name__}).") from exc
+
+
+class Predictor:
+    """Loads verified models once and classifies images with them."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def load(self, model_path: str, expected_sha256: str):
+        """The cached Learner for this file, loading it if the sha256 matches."""
+        key = str(Path(model_path).resolve())
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None and cached[0] == expected_sha256:
+                return cached[1]
+            learn = load_verified(model_path, expected_sha256)
+            self._models[key] = (expected_sha256, learn)
+            return learn
+
+    def predict(self, model_path: str, expected_sha256: str, data: bytes, *, k: int = 3,
+                run_id: Optional[int] = None) -> Prediction:
+        return self.predict_many(model_path, expected_sha256, [data], k=k, run_id=run_id)[0]
+
+    def predict_many(self, model_path: str, expected_sha256: str, images: Sequence[bytes], *, k: int = 3,
+                     run_id: Optional[int] = None) -> list[Prediction]:
+        import torch
+
+        learn = self.load(model_path, expected_sha256)
+        pils = [decode_image(data) for data in images]
+        probs = fast_probabilities(learn, pils)
+        labels = [str(v) for v in learn.dls.vocab]
+        out = []
+        for row in probs:
+            values, idx = torch.topk(row, min(k, len(labels)))
+            top = tuple((labels[int(i)], float(v)) for v, i in zip(values, idx))
+            out.append(Prediction(label=top[0][0], probability=top[0][1], top=top, run_id=run_id))
+        return out
+
+    def forget(self, model_path: Optional[str] = None) -> None:
+        with self._lock:
+            if model_path is None:
+                self._models.clear()
+            else:
+                self._models.pop(str(Path(model_path).resolve()), None)
+
+
+def load_verified(model_path: str, expected_sha256: str):
+    """load_learner, but only for the file whose sha256 the runs table recorded."""
+    path = Path(model_path)
+    if not expected_sha256:
+        raise ModelRefused("This run has no recorded model checksum, so its model will not be loaded.")
+    if not path.is_file():
+        raise ModelRefused(f"The model file {path.name} is missing; retrain to make a new one.")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        log.warning("model %s sha256 %s does not match the recorded %s", path, actual, expected_sha256)
+        raise ModelRefused("The model file has changed since it was trained, so it will not be loaded; retrain.")
+    import torch
+    from fastai.learner import load_learner
+
+    learn = load_learner(path, cpu=not torch.cuda.is_available())
+    learn.model.eval()
+    return learn
+
+
+def fast_probabilities(learn, pils: list):
+    """Class probabilities for PIL images: the learner's validation transforms, then one forward pass."""
+    import torch
+
+    dl = learn.dls.test_dl(pils, num_workers=0, bs=max(1, len(pils)))
+    batch = dl.one_batch()
+    xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+    with torch.inference_mode():
+        logits = learn.model(xb)
+    activation = getattr(learn.loss_func, "activation", None)
+    return activation(logits) if activation is not None else torch.softmax(logits, dim=1)

@@ -1,0 +1,87 @@
+"""A training run from the workshop's point of view: snapshot the dataset, train, record.
+
+    run_id, spec = prepare_run(store, workshop_id, arch="lite0", epochs=3)
+    future = executor.submit(train, spec, progress=..., timeout=...)
+    record_outcome(store, run_id, future)    # after it finishes: done, failed or cancelled
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+from .errors import ImgclsError, JobCancelled
+from .store import Store
+from .train import check_spec, train
+from .types import Progress, TrainItem, TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunParams:
+    arch: str = "lite0"
+    epochs: int = 3
+    freeze_epochs: int = 1
+    size: int = 224
+    bs: int = 32
+    valid_pct: float = 0.2
+    seed: int = 42
+    device: str = "auto"
+    item_tfm: str = "resize"
+    augment: bool = True
+
+
+def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Optional[int] = None) -> TrainSpec:
+    """The workshop's active images as a TrainSpec; checked, so a hopeless dataset fails here."""
+    rows = store.images(workshop_id)
+    items = tuple(TrainItem(r["id"], str(store.image_path(r)), r["label"]) for r in rows)
+    credits = tuple((r["id"], r["attribution"] or r["creator"]) for r in rows if r["attribution"] or r["creator"])
+    spec = TrainSpec(items=items, labels=tuple(store.labels(workshop_id)), out_dir="", run_id=run_id,
+                     credits=credits, **vars(params))
+    check_spec(spec)
+    return spec
+
+
+def prepare_run(store: Store, workshop_id: int, params: RunParams, *, requested_by: Optional[str] = None,
+                parent_run_id: Optional[int] = None) -> tuple[int, TrainSpec]:
+    """Check the dataset, create a queued run and record the exact snapshot it will train on."""
+    spec = build_spec(store, workshop_id, params)
+    run_id = store.create_run(workshop_id, vars(params), requested_by=requested_by, parent_run_id=parent_run_id)
+    spec = replace(spec, run_id=run_id, out_dir=str(store.run_dir(run_id)))
+    store.record_snapshot(run_id, ((i.image_id, i.label) for i in spec.items))
+    return run_id, spec
+
+
+def record_outcome(store: Store, run_id: int, future: Future) -> dict[str, Any]:
+    """Store what a finished job produced; returns the run row. Never raises for a failed job."""
+    try:
+        result = future.result()
+    except (CancelledError, JobCancelled):
+        store.mark_run(run_id, "cancelled", error="cancelled")
+    except ImgclsError as exc:
+        store.mark_run(run_id, "failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded, then surfaced by the caller
+        log.exception("run %s failed", run_id)
+        store.mark_run(run_id, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
+    else:
+        store.finish_run(run_id, result)
+    return store.run(run_id)
+
+
+def train_workshop(store: Store, workshop_id: int, params: RunParams, executor: Any, *,
+                   progress: Optional[Callable[[Progress], None]] = None, timeout: Optional[float] = None,
+                   requested_by: Optional[str] = None, parent_run_id: Optional[int] = None) -> dict[str, Any]:
+    """Train synchronously in a worker process (the CLI's path); returns the finished run row."""
+    run_id, spec = prepare_run(store, workshop_id, params, requested_by=requested_by, parent_run_id=parent_run_id)
+    store.mark_run(run_id, "running")
+    future = executor.submit(train, spec, progress=progress, timeout=timeout)
+    try:
+        future.result()
+    except BaseException as exc:  # KeyboardInterrupt included: stop the job, record it
+        if not isinstance(exc, Exception):
+            future.cancel()
+            record_outcome(store, run_id, future)
+            raise
+    return record_outcome(store, run_id, future)

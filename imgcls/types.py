@@ -1,0 +1,188 @@
+"""Plain, frozen data that crosses module and process boundaries.
+
+Only primitives, tuples and paths (as str) live here: these objects are pickled into
+worker processes and stored as JSON in the workshop database.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+# ---------------------------------------------------------------- ingest
+
+#: Why an image was refused. Stored in the rejects table; shown to people.
+REJECT_REASONS = {
+    "not_image": "not an image",
+    "corrupt": "truncated or corrupt",
+    "too_small": "too small",
+    "too_large": "too large",
+    "duplicate": "exact duplicate",
+    "near_duplicate": "near duplicate",
+}
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    min_side: int = 64  # refuse images smaller than this on either side
+    max_pixels: int = 40_000_000  # decompression-bomb guard (width * height)
+    max_bytes: int = 25 * 1024 * 1024  # refuse bodies larger than this
+    stored_max_side: int = 512  # longest side of the stored copy
+    jpeg_quality: int = 90
+    near_duplicate_distance: int = 4  # perceptual-hash Hamming distance (of 64 bits)
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """The result of `imgcls.ingest.ingest`: a stored image, or the reason it was refused."""
+
+    ok: bool
+    reason: Optional[str] = None  # a key of REJECT_REASONS when not ok
+    detail: str = ""  # a sentence for people
+    sha256: Optional[str] = None  # of the stored file
+    phash: Optional[str] = None  # 16 hex digits
+    width: int = 0  # of the stored copy
+    height: int = 0
+    nbytes: int = 0  # of the stored copy
+    path: Optional[str] = None  # relative to the images folder, e.g. "ab/abcdef....jpg"
+    original_width: int = 0
+    original_height: int = 0
+    original_format: Optional[str] = None
+    duplicate_of: Optional[int] = None  # image id, for duplicates found by the store
+
+    @property
+    def reason_text(self) -> str:
+        return REJECT_REASONS.get(self.reason or "", self.reason or "")
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Where an image came from and who made it: recorded with every stored image."""
+
+    source: str = "upload"  # upload, folder, openverse, wikimedia, ddg
+    source_url: Optional[str] = None
+    landing_url: Optional[str] = None
+    license: Optional[str] = None
+    license_url: Optional[str] = None
+    creator: Optional[str] = None
+    title: Optional[str] = None
+    attribution: Optional[str] = None
+    added_by: Optional[str] = None
+
+
+# ---------------------------------------------------------------- training
+
+ARCHS = ("lite0", "resnet18", "resnet34")
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    image_id: int
+    path: str  # absolute path of the stored image file
+    label: str
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    items: tuple[TrainItem, ...]
+    labels: tuple[str, ...]  # the vocabulary, in the workshop's order
+    out_dir: str  # the run's folder: the model and artefacts are written here
+    arch: str = "lite0"
+    size: int = 224
+    epochs: int = 3  # unfrozen epochs of fine_tune
+    freeze_epochs: int = 1
+    bs: int = 32
+    valid_pct: float = 0.2
+    seed: int = 42
+    device: str = "auto"
+    item_tfm: str = "resize"  # "resize" or "random_resized_crop"
+    augment: bool = True  # aug_transforms as batch transforms
+    num_workers: int = 0
+    top_losses: int = 9
+    run_id: Optional[int] = None
+    credits: tuple[tuple[int, str], ...] = ()  # (image_id, short credit) for the top-loss tiles
+
+    @property
+    def total_epochs(self) -> int:
+        return self.freeze_epochs + self.epochs
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 0-based across the whole fine_tune (frozen epochs first)
+    phase: str  # "frozen" or "unfrozen"
+    train_loss: float
+    valid_loss: float
+    accuracy: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TopLoss:
+    image_id: int
+    path: str
+    actual: str
+    predicted: str
+    probability: float  # the model's probability for its prediction
+    loss: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: Optional[int]
+    arch: str
+    device: str
+    labels: tuple[str, ...]
+    epochs: tuple[EpochMetrics, ...]
+    accuracy: float
+    valid_loss: float
+    confusion: tuple[tuple[int, ...], ...]  # rows: actual, columns: predicted, in `labels` order
+    most_confused: tuple[tuple[str, str, int], ...]  # (actual, predicted, count)
+    top_losses: tuple[TopLoss, ...]
+    split: tuple[tuple[int, bool], ...]  # (image_id, is_valid)
+    valid_predictions: tuple[tuple[int, str, float], ...]  # (image_id, predicted, probability)
+    model_path: str
+    model_sha256: str
+    artefacts: tuple[tuple[str, str], ...]  # (name, path): confusion.png, top_losses.png
+    seconds: float
+    n_train: int
+    n_valid: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An event streamed from a training job while it runs."""
+
+    kind: str  # "stage", "epoch_start", "batch", "epoch_end"
+    epoch: int = 0
+    total_epochs: int = 0
+    batch: int = 0
+    total_batches: int = 0
+    message: str = ""
+    metrics: Optional[EpochMetrics] = None
+
+
+# ---------------------------------------------------------------- prediction
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    top: tuple[tuple[str, float], ...] = field(default=())  # the top k, best first
+    run_id: Optional[int] = None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def to_plain(obj: Any) -> Any:
+    """A dataclass (tree) as JSON-ready dicts and lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
