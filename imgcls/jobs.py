@@ -32,7 +32,10 @@ def _child(fn: Callable[..., Any], arg: Any, events: Any) -> None:
     """Runs in the worker process."""
     import logging as _logging
 
+    import warnings
+
     _logging.basicConfig(level=_logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not for people
     try:
         result = fn(arg, lambda event: events.put(("progress", event, None)))
     except ImgclsError as exc:

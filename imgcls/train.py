@@ -92,7 +92,7 @@ def build_dataloaders(spec: TrainSpec, device: str):
     if spec.arch == "lite0":  # fastai knows the torchvision stats; lite0's are added here
         batch_tfms.append(Normalize.from_stats(*LITE0_STATS))
     block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=list(spec.labels))),
+        blocks=(ImageBlock, CategoryBlock(vocab=list(spec.labels), sort=False)),
         get_x=item_path, get_y=item_label,
         splitter=RandomSplitter(valid_pct=spec.valid_pct, seed=spec.seed),
         item_tfms=item_tfms, batch_tfms=batch_tfms,
