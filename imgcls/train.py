@@ -32,6 +32,27 @@ def item_label(item: TrainItem) -> str:
     return item.label
 
 
+class StratifiedRandomSplitter:
+    """fastai's seeded RandomSplitter applied within each label, so every label gets its share of
+    validation images (a plain random split of a small workshop can leave a label with none)."""
+
+    def __init__(self, valid_pct: float = 0.2, seed: int = 42) -> None:
+        self.valid_pct, self.seed = valid_pct, seed
+
+    def __call__(self, items) -> tuple[list[int], list[int]]:
+        from fastai.data.transforms import RandomSplitter
+
+        by_label: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            by_label.setdefault(item.label, []).append(i)
+        train_idx, valid_idx = [], []
+        for indices in by_label.values():
+            t, v = RandomSplitter(valid_pct=self.valid_pct, seed=self.seed)(indices)
+            train_idx += [indices[i] for i in t]
+            valid_idx += [indices[i] for i in v]
+        return sorted(train_idx), sorted(valid_idx)
+
+
 def check_spec(spec: TrainSpec) -> None:
     """Refuse, with a message saying what to do, a dataset or setting that cannot train."""
     if spec.arch not in ARCHS:
@@ -78,10 +99,11 @@ def pick_device(requested: str) -> str:
 
 
 def build_dataloaders(spec: TrainSpec, device: str):
-    """The seeds' DataBlock: ImageBlock/CategoryBlock, seeded RandomSplitter, Resize or RandomResizedCrop, aug_transforms."""
+    """The seeds' DataBlock: ImageBlock/CategoryBlock, a seeded random split (per label), Resize or
+    RandomResizedCrop, aug_transforms."""
     import torch
     from fastai.data.block import CategoryBlock, DataBlock
-    from fastai.data.transforms import Normalize, RandomSplitter
+    from fastai.data.transforms import Normalize
     from fastai.vision.augment import RandomResizedCrop, Resize, aug_transforms
     from fastai.vision.data import ImageBlock
 
@@ -94,10 +116,10 @@ def build_dataloaders(spec: TrainSpec, device: str):
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(spec.labels), sort=False)),
         get_x=item_path, get_y=item_label,
-        splitter=RandomSplitter(valid_pct=spec.valid_pct, seed=spec.seed),
+        splitter=StratifiedRandomSplitter(valid_pct=spec.valid_pct, seed=spec.seed),
         item_tfms=item_tfms, batch_tfms=batch_tfms,
     )
-    n_train = len(spec.items) - int(spec.valid_pct * len(spec.items))
+    n_train = int(len(spec.items) * (1 - spec.valid_pct))
     bs = max(2, min(spec.bs, n_train))
     return block.dataloaders(list(spec.items), bs=bs, num_workers=spec.num_workers, device=torch.device(device))
 

@@ -1,0 +1,90 @@
+"""The job executor: one spawned process per job, progress back, crash, cancel and time limit."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from imgcls.errors import InvalidInput, JobCancelled, JobTimedOut, TrainingFailed
+from imgcls.jobs import ProcessJobExecutor
+
+
+# Job functions are top-level: the spawned child imports them by name.
+def count_to(n, progress):
+    for i in range(n):
+        progress(i)
+    return {"pid": os.getpid(), "n": n}
+
+
+def crash_hard(code, progress):
+    progress("about to crash")
+    os._exit(code)
+
+
+def refuse(message, progress):
+    raise InvalidInput(message)
+
+
+def blow_up(_, progress):
+    raise ZeroDivisionError("division by zero")
+
+
+def sleep_then_touch(path, progress):
+    progress("sleeping")
+    time.sleep(30)
+    open(path, "w").close()
+
+
+def test_a_job_runs_in_another_process_and_streams_progress():
+    seen = []
+    result = ProcessJobExecutor().submit(count_to, 5, progress=seen.append).result(timeout=60)
+    assert result["pid"] != os.getpid() and result["n"] == 5
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_a_crashing_process_fails_the_job_not_the_caller():
+    future = ProcessJobExecutor().submit(crash_hard, 7)
+    with pytest.raises(TrainingFailed, match="exit code 7"):
+        future.result(timeout=60)
+
+
+def test_library_errors_come_back_with_their_message():
+    with pytest.raises(InvalidInput, match="not a label"):
+        ProcessJobExecutor().submit(refuse, "'x' is not a label").result(timeout=60)
+
+
+def test_unexpected_errors_come_back_as_training_failed():
+    with pytest.raises(TrainingFailed, match="ZeroDivisionError"):
+        ProcessJobExecutor().submit(blow_up, None).result(timeout=60)
+
+
+def test_a_running_job_can_be_cancelled(tmp_path):
+    started = threading.Event()
+    marker = tmp_path / "finished"
+    future = ProcessJobExecutor().submit(sleep_then_touch, str(marker), progress=lambda _: started.set())
+    assert started.wait(60)
+    assert future.cancel()
+    with pytest.raises(JobCancelled):
+        future.result(timeout=30)
+    assert not marker.exists()
+
+
+def test_a_job_past_its_time_limit_is_stopped(tmp_path):
+    marker = tmp_path / "finished"
+    began = time.monotonic()
+    future = ProcessJobExecutor().submit(sleep_then_touch, str(marker), timeout=5)
+    with pytest.raises(JobTimedOut, match="time limit"):
+        future.result(timeout=60)
+    assert time.monotonic() - began < 25 and not marker.exists()
+
+
+def test_jobs_beyond_the_slots_wait_their_turn_and_can_be_cancelled_while_queued(tmp_path):
+    executor = ProcessJobExecutor(max_workers=1)
+    first = executor.submit(sleep_then_touch, str(tmp_path / "a"), timeout=6)
+    queued = executor.submit(count_to, 1)
+    assert queued.cancel() and queued.cancelled()
+    with pytest.raises(JobTimedOut):
+        first.result(timeout=60)
+    executor.shutdown()
