@@ -68,7 +68,7 @@ class ProcessJobExecutor:
     def __init__(self, max_workers: int = 1, *, poll: float = 0.2) -> None:
         self._slots = threading.Semaphore(max_workers)
         self._poll = poll
-        self._threads: list[threading.Thread] = []
+        self._threads: list[tuple[threading.Thread, JobFuture]] = []
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], arg: Any, *, progress: Optional[Callable[[Any], None]] = None,
@@ -79,7 +79,7 @@ class ProcessJobExecutor:
         future = JobFuture()
         thread = threading.Thread(target=self._watch, args=(future, fn, arg, progress, timeout),
                                   name=f"job-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        self._threads = [(t, f) for t, f in self._threads if t.is_alive()] + [(thread, future)]
         thread.start()
         return future
 
@@ -143,7 +143,11 @@ class ProcessJobExecutor:
             return (kind, value, trace)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more jobs; optionally cancel the waiting ones (and stop running ones), then wait."""
         self._shutdown = True
+        if cancel_futures:
+            for _, future in self._threads:
+                future.cancel()
         if wait:
-            for t in self._threads:
-                t.join()
+            for thread, _ in self._threads:
+                thread.join()

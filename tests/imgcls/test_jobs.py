@@ -88,3 +88,15 @@ def test_jobs_beyond_the_slots_wait_their_turn_and_can_be_cancelled_while_queued
     with pytest.raises(JobTimedOut):
         first.result(timeout=60)
     executor.shutdown()
+
+
+def test_shutdown_can_cancel_everything_and_refuses_new_jobs(tmp_path):
+    executor = ProcessJobExecutor(max_workers=1)
+    running = executor.submit(sleep_then_touch, str(tmp_path / "a"))
+    waiting = executor.submit(count_to, 3)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert waiting.cancelled()
+    with pytest.raises(JobCancelled):
+        running.result(timeout=1)
+    with pytest.raises(RuntimeError):
+        executor.submit(count_to, 1)
