@@ -13,9 +13,11 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import unicodedata
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
@@ -23,7 +25,7 @@ from typing import Any, Iterable, Iterator, Optional
 import sqlite_utils
 
 from .errors import ConflictError, InvalidInput, NotFound
-from .ingest import is_near_duplicate
+from .ingest import phash_distance
 from .types import REJECT_REASONS, ImageMeta, IngestLimits, IngestOutcome, TrainResult, to_plain
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._depth = 0
-        self.db.enable_wal()
+        self._enable_wal(busy_timeout)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         with self.transaction():
@@ -85,6 +87,18 @@ class Store:
 
     def close(self) -> None:
         self.db.conn.close()
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch to WAL. SQLite answers 'database is locked' at once, without waiting, while another
+        process is opening the same new database, so retry for up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.db.enable_wal()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # ------------------------------------------------------------ plumbing
 
@@ -103,11 +117,11 @@ class Store:
             self._depth = 1
             try:
                 yield
-            except BaseException:
-                self.db.conn.execute("ROLLBACK")
-                raise
-            else:
                 self.db.conn.execute("COMMIT")
+            except BaseException:
+                if self.db.conn.in_transaction:  # also when COMMIT itself failed
+                    self.db.conn.execute("ROLLBACK")
+                raise
             finally:
                 self._depth = 0
 
@@ -131,7 +145,7 @@ class Store:
         return rows[0] if rows else None
 
     def _create_schema(self) -> None:
-        db = self.db
+        db, fk = self.db, [("workshop_id", "workshops", "id")]
         db["workshops"].create(
             {"id": int, "name": str, "guild_id": int, "channel_id": int, "host_id": int,
              "created_at": str, "settings": str, "status": str, "archived_at": str},
@@ -140,7 +154,7 @@ class Store:
         )
         db["labels"].create(
             {"id": int, "workshop_id": int, "name": str, "key": str, "position": int, "created_at": str},
-            pk="id", foreign_keys=[("workshop_id", "workshops", "id")], not_null={"name", "key"}, if_not_exists=True,
+            pk="id", foreign_keys=fk, not_null={"name", "key"}, if_not_exists=True,
         )
         db["labels"].create_index(["workshop_id", "key"], unique=True, if_not_exists=True)
         db["images"].create(
@@ -148,20 +162,21 @@ class Store:
              "bytes": int, "path": str, "label": str, "source": str, "source_url": str, "landing_url": str,
              "license": str, "license_url": str, "creator": str, "title": str, "attribution": str,
              "added_by": str, "added_at": str, "status": str, "status_reason": str},
-            pk="id", foreign_keys=[("workshop_id", "workshops", "id")],
-            not_null={"sha256", "path", "label", "status"}, defaults={"status": "active"}, if_not_exists=True,
+            pk="id", foreign_keys=fk, not_null={"sha256", "path", "label", "status"}, defaults={"status": "active"},
+            if_not_exists=True,
         )
         db["images"].create_index(["workshop_id", "sha256"], unique=True, if_not_exists=True)
         db["images"].create_index(["workshop_id", "label", "status"], if_not_exists=True)
+        db["images"].create_index(["path"], if_not_exists=True)
         db["rejects"].create(
             {"id": int, "workshop_id": int, "label": str, "reason": str, "detail": str, "source": str,
              "source_url": str, "added_by": str, "at": str, "duplicate_of": int},
-            pk="id", foreign_keys=[("workshop_id", "workshops", "id")], if_not_exists=True,
+            pk="id", foreign_keys=fk, if_not_exists=True,
         )
         db["audit"].create(
             {"id": int, "workshop_id": int, "image_id": int, "batch": str, "action": str, "field": str,
              "old": str, "new": str, "who": str, "why": str, "at": str, "undone_by": int, "undoes": int},
-            pk="id", foreign_keys=[("workshop_id", "workshops", "id")], if_not_exists=True,
+            pk="id", foreign_keys=fk, if_not_exists=True,
         )
         db["runs"].create(
             {"id": int, "workshop_id": int, "status": str, "params": str, "requested_by": str,
@@ -169,7 +184,7 @@ class Store:
              "epochs": str, "metrics": str, "confusion": str, "most_confused": str, "top_losses": str,
              "valid_predictions": str, "model_path": str, "model_sha256": str, "artefacts": str,
              "error": str, "device": str, "parent_run_id": int},
-            pk="id", foreign_keys=[("workshop_id", "workshops", "id")], not_null={"status"}, if_not_exists=True,
+            pk="id", foreign_keys=fk, not_null={"status"}, if_not_exists=True,
         )
 
     # ------------------------------------------------------------ workshops
@@ -182,14 +197,11 @@ class Store:
         if not name or len(name) > 100 or any(unicodedata.category(c) == "Cc" for c in name):
             raise InvalidInput("A workshop name must be 1-100 characters with no control characters.")
         with self.transaction():
-            clash = self._one(
-                "SELECT id FROM workshops WHERE status = 'active' AND guild_id IS ? AND "
-                "(channel_id IS NOT NULL AND channel_id = ? OR lower(name) = lower(?))",
-                [guild_id, channel_id, name],
-            )
-            if clash:
-                where = "this channel" if channel_id is not None else f"the name '{name}'"
-                raise ConflictError(f"A workshop is already running for {where}; reset it first or pick another.")
+            for row in self._active_workshops(guild_id):
+                if channel_id is not None and row["channel_id"] == channel_id:
+                    raise ConflictError(f"Workshop '{row['name']}' is already running in this channel; reset it first.")
+                if label_key(row["name"]) == label_key(name):
+                    raise ConflictError(f"There is already a workshop called '{row['name']}'; pick another name.")
             wid = self._insert("workshops", {
                 "name": name, "guild_id": guild_id, "channel_id": channel_id, "host_id": host_id,
                 "created_at": now(), "settings": json.dumps(settings or {}), "status": "active",
@@ -208,21 +220,20 @@ class Store:
         self, name: Optional[str] = None, *, guild_id: Optional[int] = None, channel_id: Optional[int] = None
     ) -> dict[str, Any]:
         """The active workshop with this name (CLI) or in this channel (Discord)."""
+        rows = self._active_workshops(guild_id)
         if channel_id is not None:
-            row = self._one(
-                "SELECT id FROM workshops WHERE status = 'active' AND guild_id IS ? AND channel_id = ?",
-                [guild_id, channel_id],
-            )
+            rows = [r for r in rows if r["channel_id"] == channel_id]
             missing = "There is no workshop in this channel; start one first."
         else:
-            row = self._one(
-                "SELECT id FROM workshops WHERE status = 'active' AND guild_id IS ? AND lower(name) = lower(?) "
-                "ORDER BY id DESC", [guild_id, name],
-            )
+            rows = [r for r in rows if label_key(r["name"]) == label_key(str(name))]
             missing = f"There is no workshop called '{name}'; create it with `imgcls init {name} --labels a,b`."
-        if row is None:
+        if not rows:
             raise NotFound(missing)
-        return self.workshop(row["id"])
+        return self.workshop(rows[-1]["id"])
+
+    def _active_workshops(self, guild_id: Optional[int]) -> list[dict[str, Any]]:
+        return self._rows("SELECT id, name, channel_id FROM workshops WHERE status = 'active' AND guild_id IS ? "
+                          "ORDER BY id", [guild_id])
 
     def workshops(self, *, guild_id: Optional[int] = None, include_archived: bool = False) -> list[dict[str, Any]]:
         sql = "SELECT id FROM workshops WHERE guild_id IS ?" + ("" if include_archived else " AND status = 'active'")
@@ -251,10 +262,11 @@ class Store:
                 existing[label_key(name)] = name
             if len(existing) > MAX_LABELS:
                 raise InvalidInput(f"A workshop can have at most {MAX_LABELS} labels; this would make {len(existing)}.")
-            pos = len(existing) - len(cleaned)
+            start = self._one("SELECT coalesce(max(position) + 1, 0) AS p FROM labels WHERE workshop_id = ?",
+                              [workshop_id])["p"]  # after the last one, even when some were removed
             for i, name in enumerate(cleaned):
                 self._insert("labels", {"workshop_id": workshop_id, "name": name, "key": label_key(name),
-                                        "position": pos + i, "created_at": now()})
+                                        "position": start + i, "created_at": now()})
         return cleaned
 
     def resolve_label(self, workshop_id: int, name: str) -> str:
@@ -290,47 +302,67 @@ class Store:
     def add_image(
         self, workshop_id: int, label: str, outcome: IngestOutcome, meta: ImageMeta = ImageMeta()
     ) -> IngestOutcome:
-        """Record an ingested image, or its rejection. Duplicates are re-checked here, under the write lock."""
-        label = self.resolve_label(workshop_id, label)
+        """Record an ingested image (its new id comes back as `image_id`), or its rejection.
+
+        Duplicates are re-checked here, under the write lock, so images ingested in parallel (with
+        no known hashes) are still de-duplicated. The file of a refused image stays until
+        `sweep_orphans`: another workshop may be about to record the same content-addressed file.
+        """
         with self.transaction():
+            label = self.resolve_label(workshop_id, label)
             if outcome.ok:
-                outcome = self._check_duplicates(workshop_id, outcome)
+                refusal = self._find_duplicate(workshop_id, outcome.sha256, outcome.phash)
+                if refusal is not None:
+                    outcome = refusal
+            elif outcome.reason in ("duplicate", "near_duplicate") and outcome.duplicate_of is None:
+                original = self._find_duplicate(workshop_id, outcome.sha256, outcome.phash)
+                outcome = replace(outcome, duplicate_of=original.duplicate_of if original else None)
             if not outcome.ok:
-                self._insert("rejects", {
-                    "workshop_id": workshop_id, "label": label, "reason": outcome.reason, "detail": outcome.detail,
-                    "source": meta.source, "source_url": meta.source_url, "added_by": meta.added_by, "at": now(),
-                    "duplicate_of": outcome.duplicate_of,
-                })
+                self.record_reject(workshop_id, label, outcome.reason, outcome.detail, meta, outcome.duplicate_of)
                 return outcome
             image_id = self._insert("images", {
                 "workshop_id": workshop_id, "sha256": outcome.sha256, "phash": outcome.phash,
                 "width": outcome.width, "height": outcome.height, "bytes": outcome.nbytes, "path": outcome.path,
-                "label": label, **{k: v for k, v in vars(meta).items() if k != "added_by"},
-                "added_by": meta.added_by, "added_at": now(), "status": "active",
+                "label": label, **vars(meta), "added_at": now(), "status": "active",
             })
-        return IngestOutcome(**{**vars(outcome), "duplicate_of": image_id})
+        return replace(outcome, image_id=image_id)
 
-    def _check_duplicates(self, workshop_id: int, outcome: IngestOutcome) -> IngestOutcome:
-        same = self._one("SELECT id, status FROM images WHERE workshop_id = ? AND sha256 = ?",
-                         [workshop_id, outcome.sha256])
+    def _find_duplicate(self, workshop_id: int, sha256: Optional[str], phash: Optional[str]) -> Optional[IngestOutcome]:
+        """The refusal for an image this workshop already has (deleted ones too), or None."""
+        same = self._one("SELECT id, status FROM images WHERE workshop_id = ? AND sha256 = ?", [workshop_id, sha256])
         if same:
             gone = " (it was deleted earlier)" if same["status"] == "deleted" else ""
-            return IngestOutcome(ok=False, reason="duplicate", detail=f"the same image is already image {same['id']}{gone}",
-                                 sha256=outcome.sha256, duplicate_of=same["id"])
+            return IngestOutcome(ok=False, reason="duplicate", sha256=sha256, phash=phash, duplicate_of=same["id"],
+                                 detail=f"the same image is already image {same['id']}{gone}")
+        if not phash:
+            return None
         distance = self.ingest_limits(workshop_id).near_duplicate_distance
-        for row in self._rows("SELECT id, phash FROM images WHERE workshop_id = ? AND status = 'active'", [workshop_id]):
-            if row["phash"] and is_near_duplicate(outcome.phash, (row["phash"],), distance):
-                return IngestOutcome(ok=False, reason="near_duplicate",
-                                     detail=f"it looks almost the same as image {row['id']}",
-                                     sha256=outcome.sha256, duplicate_of=row["id"])
-        return outcome
+        for row in self._rows("SELECT id, phash FROM images WHERE workshop_id = ? AND status = 'active' "
+                              "AND phash IS NOT NULL ORDER BY id", [workshop_id]):
+            if phash_distance(phash, row["phash"]) <= distance:
+                return IngestOutcome(ok=False, reason="near_duplicate", sha256=sha256, phash=phash,
+                                     duplicate_of=row["id"], detail=f"it looks almost the same as image {row['id']}")
+        return None
+
+    def sweep_orphans(self, min_age_seconds: float = 3600) -> int:
+        """Remove image files no row points at (refused duplicates), once they are old enough that no
+        ingest still in flight can be about to record them. Returns how many were removed."""
+        used = {r["path"] for r in self._rows("SELECT DISTINCT path FROM images")}
+        cutoff = time.time() - min_age_seconds
+        removed = 0
+        for path in self.images_dir.glob("*/*.jpg"):
+            rel = path.relative_to(self.images_dir).as_posix()
+            if rel not in used and path.stat().st_mtime <= cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def record_reject(self, workshop_id: int, label: Optional[str], reason: str, detail: str,
-                      meta: ImageMeta = ImageMeta()) -> None:
+                      meta: ImageMeta = ImageMeta(), duplicate_of: Optional[int] = None) -> None:
         with self.transaction():
             self._insert("rejects", {"workshop_id": workshop_id, "label": label, "reason": reason, "detail": detail,
                                      "source": meta.source, "source_url": meta.source_url,
-                                     "added_by": meta.added_by, "at": now()})
+                                     "added_by": meta.added_by, "at": now(), "duplicate_of": duplicate_of})
 
     def image(self, image_id: int) -> dict[str, Any]:
         row = self._one("SELECT * FROM images WHERE id = ?", [image_id])
@@ -384,7 +416,7 @@ class Store:
         batch = batch or uuid.uuid4().hex
         out = []
         with self.transaction():
-            for image_id in image_ids:
+            for image_id in dict.fromkeys(image_ids):  # each image once, in the order given
                 row = self._image_in(workshop_id, image_id)
                 if row["status"] == "deleted":
                     raise ConflictError(f"Image {image_id} is already deleted.")
@@ -434,11 +466,12 @@ class Store:
                 if str(row[ch["field"]]) != ch["new"]:
                     raise ConflictError(f"Image {row['id']} was changed again after change {ch['id']}; "
                                         "undo the later change first.")
-                values = {ch["field"]: ch["old"]}
-                if ch["field"] == "status":
-                    values["status_reason"] = None
+                if ch["field"] == "label":
+                    values = {"label": self._live_label(row, ch["old"])}
+                else:
+                    values = {"status": ch["old"], "status_reason": None}
                     if ch["old"] == "active":
-                        values.update(self._restorable(row))
+                        values["label"] = self._live_label(row, row["label"])
                 self._update("images", row["id"], values)
                 new_id = self._audit(workshop_id, row["id"], batch, "undo", ch["field"], ch["new"], ch["old"],
                                      who, why, undoes=ch["id"])
@@ -446,10 +479,13 @@ class Store:
                 out.append(new_id)
         return out
 
-    def _restorable(self, row: dict[str, Any]) -> dict[str, Any]:
-        if row["label"] not in self.labels(row["workshop_id"]):
-            raise ConflictError(f"Image {row['id']} is labelled '{row['label']}', which was removed; add the label back first.")
-        return {}
+    def _live_label(self, row: dict[str, Any], label: str) -> str:
+        """The workshop's current spelling of `label`, which an undo is about to give image `row`."""
+        try:
+            return self.resolve_label(row["workshop_id"], label)
+        except NotFound:
+            raise ConflictError(f"Image {row['id']} would go back to label '{label}', which was removed; "
+                                "add the label back first.") from None
 
     # ------------------------------------------------------------ runs
 
@@ -498,22 +534,24 @@ class Store:
             self._update("runs", run_id, {"status": status, "error": error, **values, **({stamp: now()} if stamp else {})})
 
     def finish_run(self, run_id: int, result: TrainResult) -> None:
-        """Record a successful run's numbers, split and model."""
+        """Record a successful run's numbers, split and model; the snapshot keeps its items."""
         plain = to_plain(result)
-        self.mark_run(
-            run_id, "done", labels=list(result.labels), epochs=plain["epochs"], device=result.device,
-            metrics={"accuracy": result.accuracy, "valid_loss": result.valid_loss, "seconds": result.seconds,
-                     "n_train": result.n_train, "n_valid": result.n_valid},
-            confusion=plain["confusion"], most_confused=plain["most_confused"], top_losses=plain["top_losses"],
-            valid_predictions=plain["valid_predictions"],
-            snapshot={**(self.run(run_id)["snapshot"] or {}), "split": plain["split"]},
-            model_path=result.model_path, model_sha256=result.model_sha256, artefacts=dict(result.artefacts),
-        )
+        with self.transaction():  # read and rewrite the snapshot under the write lock
+            self.mark_run(
+                run_id, "done", labels=list(result.labels), epochs=plain["epochs"], device=result.device,
+                metrics={"accuracy": result.accuracy, "valid_loss": result.valid_loss, "seconds": result.seconds,
+                         "n_train": result.n_train, "n_valid": result.n_valid},
+                confusion=plain["confusion"], most_confused=plain["most_confused"], top_losses=plain["top_losses"],
+                valid_predictions=plain["valid_predictions"],
+                snapshot={**(self.run(run_id)["snapshot"] or {}), "split": plain["split"]},
+                model_path=result.model_path, model_sha256=result.model_sha256, artefacts=dict(result.artefacts),
+            )
 
     def record_snapshot(self, run_id: int, items: Iterable[tuple[int, str]]) -> None:
         """The exact dataset a run was asked to train on: (image id, label) pairs."""
         with self.transaction():
-            self._update("runs", run_id, {"snapshot": json.dumps({"items": [list(i) for i in items]})})
+            snapshot = self.run(run_id)["snapshot"] or {}
+            self._update("runs", run_id, {"snapshot": json.dumps({**snapshot, "items": [list(i) for i in items]})})
 
     def interrupted_runs(self) -> list[dict[str, Any]]:
         """Runs left queued or running by a process that stopped; marks them interrupted."""

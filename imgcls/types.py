@@ -48,7 +48,8 @@ class IngestOutcome:
     original_width: int = 0
     original_height: int = 0
     original_format: Optional[str] = None
-    duplicate_of: Optional[int] = None  # image id, for duplicates found by the store
+    duplicate_of: Optional[int] = None  # the image this one duplicates, when the store knows it
+    image_id: Optional[int] = None  # the new image's id, once the store has recorded it
 
     @property
     def reason_text(self) -> str:
