@@ -22,6 +22,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imgcls.errors import InvalidInput
 from imgcls.types import IngestLimits, IngestOutcome
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,7 @@ def _ingest(
             f"the image is {width}×{height} pixels; both sides must be at least "
             f"{limits.min_side} pixels",
         )
-    longest = max(width, height)
-    if longest > limits.stored_max_side:
-        scale = limits.stored_max_side / longest
-        new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        img = img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    img = _downscale(img, limits.stored_max_side)
 
     img.info = {}  # no comment, EXIF, XMP or ICC profile is carried over
     buffer = io.BytesIO()
@@ -126,6 +123,29 @@ def _ingest(
     relative = f"{sha[:2]}/{sha}.jpg"
     _write_atomically(images_dir / relative, stored)
     return dataclasses.replace(outcome, path=relative)
+
+
+def decode_rgb(data: bytes, limits: IngestLimits = IngestLimits()) -> Image.Image:
+    """Decode image bytes exactly as ingest prepares images for training (first frame, upright,
+    RGB on white, downscaled), for classifying a pasted image. Raises InvalidInput with the reason."""
+    if not data:
+        raise InvalidInput("The image is empty.")
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(f"The image is {_mb(len(data))}; the limit is {_mb(limits.max_bytes)}.")
+    try:
+        img, _, _ = _decode(data, limits)
+    except _Refused as refusal:
+        raise InvalidInput(f"That image can't be used: {refusal.detail}.") from None
+    return _downscale(img, limits.stored_max_side)
+
+
+def _downscale(img: Image.Image, max_side: int) -> Image.Image:
+    longest = max(img.size)
+    if longest <= max_side:
+        return img
+    scale = max_side / longest
+    new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], str]:

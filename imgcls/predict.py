@@ -8,40 +8,26 @@ skipping Learner.predict's callback machinery; tests check both give the same an
 """
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import InvalidInput, ModelRefused
+from .errors import ModelRefused
 from .train import sha256_file
 from .types import Prediction
 
 log = logging.getLogger(__name__)
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000):
-    """Image bytes -> an RGB PILImage, or InvalidInput saying why not."""
+def decode_image(data: bytes):
+    """Image bytes -> a PILImage prepared as training images were (see ingest), or InvalidInput."""
     from fastai.vision.core import PILImage
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not data:
-        raise InvalidInput("The image is empty.")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > max_pixels:
-                raise InvalidInput(f"The image is {im.width}×{im.height}, too large to classify.")
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                im = Image.new("RGB", rgba.size, (255, 255, 255))
-                im.paste(rgba, mask=rgba.getchannel("A"))
-            return PILImage.create(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
-        raise InvalidInput(f"That file is not an image I can read ({type(exc).__name__}).") from exc
+    from .ingest import decode_rgb
+
+    return PILImage.create(decode_rgb(data))
 
 
 class Predictor:
