@@ -12,8 +12,10 @@ plain data crosses the boundary. A remote GPU executor can offer the same `submi
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -26,14 +28,32 @@ from .errors import ImgclsError, JobCancelled, JobTimedOut, TrainingFailed
 log = logging.getLogger(__name__)
 
 _CTX = mp.get_context("spawn")
+_LIVE: set = set()  # job processes still running
 
 
-def _child(fn: Callable[..., Any], arg: Any, events: Any) -> None:
+@atexit.register
+def _stop_live_jobs() -> None:
+    """On exit, stop running jobs rather than wait for them (they are not daemonic)."""
+    for proc in list(_LIVE):
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A job whose caller died (killed, crashed) stops too, instead of training for nobody."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def _child(fn: Callable[..., Any], arg: Any, events: Any, parent_pid: int) -> None:
     """Runs in the worker process."""
     import logging as _logging
-
     import warnings
 
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _logging.basicConfig(level=_logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not for people
     try:
@@ -89,8 +109,10 @@ class ProcessJobExecutor:
             if not future.set_running_or_notify_cancel():
                 return
             events = _CTX.Queue()
-            proc = _CTX.Process(target=_child, args=(fn, arg, events), daemon=True)
+            # Not daemonic: a job may start processes of its own (DataLoader workers, pools).
+            proc = _CTX.Process(target=_child, args=(fn, arg, events, os.getpid()), daemon=False)
             proc.start()
+            _LIVE.add(proc)
             deadline = time.monotonic() + timeout if timeout else None
             try:
                 outcome = self._pump(future, proc, events, progress, deadline)
@@ -104,6 +126,7 @@ class ProcessJobExecutor:
                     if proc.is_alive():
                         proc.kill()
                 proc.join()
+                _LIVE.discard(proc)
                 events.close()
             kind, value, trace = outcome
             if kind == "result":

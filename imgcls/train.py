@@ -152,7 +152,9 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
 
     from . import archs, interpret
 
-    torch.manual_seed(spec.seed)
+    from fastai.torch_core import set_seed
+
+    set_seed(spec.seed)  # python, numpy and torch, so a run can be repeated
     if spec.device != "cuda":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     device = pick_device(spec.device)
@@ -165,8 +167,9 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     arch, arch_kwargs = archs.resolve(spec.arch)
     emit(Progress("stage", message=f"loading pretrained {spec.arch}"))
     learn = vision_learner(dls, arch, metrics=accuracy, path=out_dir, **arch_kwargs)
-    if device == "cuda":
-        learn = learn.to_channelslast()  # channels_last with mixed precision
+    # channels_last: faster convolutions on GPU and CPU alike (about 1.5x for lite0 on CPU);
+    # mixed precision on GPU only, plain float32 on CPU.
+    learn = learn.to_channelslast(use_amp=device == "cuda")
 
     total = spec.total_epochs
     epochs: list[EpochMetrics] = []
@@ -203,10 +206,14 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     emit(Progress("stage", message="interpreting"))
     with learn.no_bar():
         interp = ClassificationInterpretation.from_learner(learn)
-        confusion = tuple(tuple(int(v) for v in row) for row in interp.confusion_matrix())
-        most_confused = tuple((str(a), str(p), int(n)) for a, p, n in interp.most_confused(min_val=1))
+        matrix = interp.confusion_matrix()
         probs, _ = learn.get_preds(dl=interp.dl)
     labels = tuple(str(v) for v in dls.vocab)
+    confusion = tuple(tuple(int(v) for v in row) for row in matrix)
+    # what interp.most_confused(min_val=1) returns, read off the same matrix instead of predicting again
+    most_confused = tuple(sorted(((labels[i], labels[j], confusion[i][j]) for i in range(len(labels))
+                                  for j in range(len(labels)) if i != j and confusion[i][j] >= 1),
+                                 key=lambda t: t[2], reverse=True))
     valid_items = list(interp.dl.items)
     pred_idx = probs.argmax(dim=1)
     k = min(spec.top_losses, len(valid_items))
@@ -222,8 +229,7 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     correct = sum(1 for i, item in enumerate(valid_items) if labels[int(pred_idx[i])] == item.label)
 
     emit(Progress("stage", message="exporting the model"))
-    if device == "cuda":
-        learn = learn.to_contiguous(to_fp32=True)
+    learn = learn.to_contiguous(to_fp32=True)
     learn.model.cpu()
     model_path = out_dir / "model.pkl"
     learn.export(model_path)
