@@ -49,6 +49,12 @@ def phash_distance(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
+def perceptual_hash(img: Image.Image) -> str:
+    """imagehash's pHash (16 hex digits), computed from a box-reduced copy: it only looks at 32×32."""
+    factor = max(1, min(img.size) // 128)
+    return str(imagehash.phash(img.reduce(factor) if factor > 1 else img))
+
+
 def is_near_duplicate(phash: str, known: Iterable[str], distance: int) -> bool:
     """Whether any hash in `known` is within `distance` bits of `phash`."""
     target = int(phash, 16)
@@ -102,7 +108,7 @@ def _ingest(
     img.save(buffer, "JPEG", quality=limits.jpeg_quality, optimize=False, exif=b"")
     stored = buffer.getvalue()
     sha = hashlib.sha256(stored).hexdigest()
-    phash = str(imagehash.phash(img))
+    phash = perceptual_hash(img)
     outcome = IngestOutcome(
         ok=True,
         sha256=sha,
@@ -145,7 +151,9 @@ def _downscale(img: Image.Image, max_side: int) -> Image.Image:
         return img
     scale = max_side / longest
     new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    # reducing_gap=1.5: a cheap box reduction first, then Lanczos; about half the time of a plain
+    # Lanczos from multi-megapixel photos, and no visible difference at 512 px.
+    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=1.5)
 
 
 def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], str]:
