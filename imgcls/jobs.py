@@ -1,6 +1,6 @@
 """Run jobs in separate processes, one job per process, behind a concurrent.futures-style executor.
 
-    executor = ProcessJobExecutor(max_workers=1)
+    executor = ProcessJobExecutor(max_workers=1, warm=warm_up)
     future = executor.submit(train, spec, progress=print, timeout=3600)
     result = future.result()          # a TrainResult, or raises TrainingFailed & co
     future.cancel()                   # also stops a job that is already running
@@ -9,6 +9,10 @@ Each job gets a fresh spawned process, so GPU memory is freed when it ends and a
 (segfault, out-of-memory kill) fails only that job. Progress events come back over a
 queue and are handed to the `progress` callback on a watcher thread. Only picklable
 plain data crosses the boundary. A remote GPU executor can offer the same `submit`.
+
+With `warm`, the executor keeps one spare process that has already run `warm()` (say,
+imported fastai) waiting for the next job, so a job starts without paying for imports.
+The spare is started at construction and again after each job, never while one runs.
 """
 from __future__ import annotations
 
@@ -28,11 +32,11 @@ from .errors import ImgclsError, JobCancelled, JobTimedOut, TrainingFailed
 log = logging.getLogger(__name__)
 
 _CTX = mp.get_context("spawn")
-_LIVE: set = set()  # job processes still running
+_LIVE: set = set()  # worker processes still running
 
 
 @atexit.register
-def _stop_live_jobs() -> None:
+def _stop_live_workers() -> None:
     """On exit, stop running jobs rather than wait for them (they are not daemonic)."""
     for proc in list(_LIVE):
         if proc.is_alive():
@@ -48,14 +52,23 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
-def _child(fn: Callable[..., Any], arg: Any, events: Any, parent_pid: int) -> None:
-    """Runs in the worker process."""
+def _child(warm: Optional[Callable[[], Any]], jobs: Any, events: Any, parent_pid: int) -> None:
+    """Runs in the worker process: warm up, wait for one job, run it, report, exit."""
     import logging as _logging
     import warnings
 
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _logging.basicConfig(level=_logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not for people
+    if warm is not None:
+        try:
+            warm()
+        except Exception:  # the job itself will meet the same problem and report it properly
+            _logging.getLogger(__name__).exception("warm-up failed")
+    job = jobs.get()
+    if job is None:
+        return
+    fn, arg = job
     try:
         result = fn(arg, lambda event: events.put(("progress", event, None)))
     except ImgclsError as exc:
@@ -64,6 +77,27 @@ def _child(fn: Callable[..., Any], arg: Any, events: Any, parent_pid: int) -> No
         events.put(("error", TrainingFailed(f"The job crashed: {type(exc).__name__}: {exc}"), traceback.format_exc()))
     else:
         events.put(("result", result, None))
+
+
+class _Worker:
+    """One spawned process (not daemonic: a job may start processes of its own) and its two queues."""
+
+    def __init__(self, warm: Optional[Callable[[], Any]]) -> None:
+        self.jobs, self.events = _CTX.Queue(), _CTX.Queue()
+        self.proc = _CTX.Process(target=_child, args=(warm, self.jobs, self.events, os.getpid()), daemon=False)
+        self.proc.start()
+        _LIVE.add(self.proc)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+            if self.proc.is_alive():
+                self.proc.kill()
+        self.proc.join()
+        _LIVE.discard(self.proc)
+        self.jobs.close()
+        self.events.close()
 
 
 class JobFuture(Future):
@@ -85,11 +119,15 @@ class JobFuture(Future):
 class ProcessJobExecutor:
     """A concurrent.futures-style executor: `max_workers` slots, a fresh spawned process per job."""
 
-    def __init__(self, max_workers: int = 1, *, poll: float = 0.2) -> None:
+    def __init__(self, max_workers: int = 1, *, warm: Optional[Callable[[], Any]] = None, poll: float = 0.2) -> None:
         self._slots = threading.Semaphore(max_workers)
         self._poll = poll
+        self._warm = warm
+        self._spare: Optional[_Worker] = None
+        self._lock = threading.Lock()
         self._threads: list[tuple[threading.Thread, JobFuture]] = []
         self._shutdown = False
+        self._refill_spare()
 
     def submit(self, fn: Callable[..., Any], arg: Any, *, progress: Optional[Callable[[Any], None]] = None,
                timeout: Optional[float] = None) -> JobFuture:
@@ -99,35 +137,44 @@ class ProcessJobExecutor:
         future = JobFuture()
         thread = threading.Thread(target=self._watch, args=(future, fn, arg, progress, timeout),
                                   name=f"job-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        self._threads = [(t, f) for t, f in self._threads if t.is_alive()] + [(thread, future)]
+        with self._lock:
+            self._threads = [(t, f) for t, f in self._threads if t.is_alive()] + [(thread, future)]
         thread.start()
         return future
+
+    def _refill_spare(self) -> None:
+        if self._warm is None:
+            return
+        with self._lock:
+            if self._shutdown or (self._spare is not None and self._spare.proc.is_alive()):
+                return
+            self._spare = _Worker(self._warm)
+
+    def _take_worker(self) -> _Worker:
+        with self._lock:
+            worker, self._spare = self._spare, None
+        if worker is not None and worker.proc.is_alive():
+            return worker
+        if worker is not None:
+            worker.stop()
+        return _Worker(self._warm)
 
     def _watch(self, future: JobFuture, fn: Callable[..., Any], arg: Any,
                progress: Optional[Callable[[Any], None]], timeout: Optional[float]) -> None:
         with self._slots:
             if not future.set_running_or_notify_cancel():
                 return
-            events = _CTX.Queue()
-            # Not daemonic: a job may start processes of its own (DataLoader workers, pools).
-            proc = _CTX.Process(target=_child, args=(fn, arg, events, os.getpid()), daemon=False)
-            proc.start()
-            _LIVE.add(proc)
+            worker = self._take_worker()
+            worker.jobs.put((fn, arg))
             deadline = time.monotonic() + timeout if timeout else None
             try:
-                outcome = self._pump(future, proc, events, progress, deadline)
+                outcome = self._pump(future, worker, progress, deadline)
             except Exception as exc:  # never leave the future pending
                 log.exception("job watcher failed")
                 outcome = ("error", TrainingFailed(f"The job could not be followed: {exc}"), None)
             finally:
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(5)
-                    if proc.is_alive():
-                        proc.kill()
-                proc.join()
-                _LIVE.discard(proc)
-                events.close()
+                worker.stop()
+            self._refill_spare()
             kind, value, trace = outcome
             if kind == "result":
                 future.set_result(value)
@@ -136,7 +183,7 @@ class ProcessJobExecutor:
                     log.error("job %s failed:\n%s", getattr(fn, "__name__", fn), trace)
                 future.set_exception(value)
 
-    def _pump(self, future: JobFuture, proc: Any, events: Any, progress: Optional[Callable[[Any], None]],
+    def _pump(self, future: JobFuture, worker: _Worker, progress: Optional[Callable[[Any], None]],
               deadline: Optional[float]) -> tuple:
         while True:
             if future._stop.is_set():
@@ -145,17 +192,16 @@ class ProcessJobExecutor:
                 return ("error", JobTimedOut("The job ran past its time limit and was stopped; "
                                              "try fewer epochs, fewer images or a smaller image size."), None)
             try:
-                kind, value, trace = events.get(timeout=self._poll)
+                kind, value, trace = worker.events.get(timeout=self._poll)
             except queue.Empty:
-                if not proc.is_alive():
-                    try:  # the last message may land just after the process exits
-                        kind, value, trace = events.get(timeout=1.0)
-                    except queue.Empty:
-                        return ("error", TrainingFailed(
-                            f"The training process stopped unexpectedly (exit code {proc.exitcode}); "
-                            "it may have run out of memory. Try a smaller batch or image size."), None)
-                else:
+                if worker.proc.is_alive():
                     continue
+                try:  # the last message may land just after the process exits
+                    kind, value, trace = worker.events.get(timeout=1.0)
+                except queue.Empty:
+                    return ("error", TrainingFailed(
+                        f"The training process stopped unexpectedly (exit code {worker.proc.exitcode}); "
+                        "it may have run out of memory. Try a smaller batch or image size."), None)
             if kind == "progress":
                 if progress is not None:
                     try:
@@ -167,10 +213,15 @@ class ProcessJobExecutor:
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more jobs; optionally cancel the waiting ones (and stop running ones), then wait."""
-        self._shutdown = True
+        with self._lock:
+            self._shutdown = True
+            spare, self._spare = self._spare, None
+            threads = list(self._threads)
+        if spare is not None:
+            spare.stop()
         if cancel_futures:
-            for _, future in self._threads:
+            for _, future in threads:
                 future.cancel()
         if wait:
-            for thread, _ in self._threads:
+            for thread, _ in threads:
                 thread.join()

@@ -134,6 +134,18 @@ def check_split(spec: TrainSpec, dls) -> None:
         )
 
 
+def warm_up() -> None:
+    """Import what a training job needs; a job executor runs this in its spare process ahead of time."""
+    import fastai.callback.channelslast  # noqa: F401
+    import fastai.callback.progress  # noqa: F401
+    import fastai.callback.schedule  # noqa: F401
+    import fastai.interpret  # noqa: F401
+    import fastai.vision.learner  # noqa: F401
+    import timm  # noqa: F401
+
+    from . import archs, interpret  # noqa: F401
+
+
 def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult:
     """Fine-tune a pretrained model on the spec's images; export it and its interpretation."""
     emit = progress or (lambda event: None)

@@ -100,3 +100,26 @@ def test_shutdown_can_cancel_everything_and_refuses_new_jobs(tmp_path):
         running.result(timeout=1)
     with pytest.raises(RuntimeError):
         executor.submit(count_to, 1)
+
+
+WARMED = {"by": None}
+
+
+def mark_warm():
+    WARMED["by"] = os.getpid()
+
+
+def who_warmed(_, progress):
+    return WARMED["by"], os.getpid()
+
+
+def test_a_warm_spare_process_runs_each_job_and_is_replaced_after_it():
+    executor = ProcessJobExecutor(warm=mark_warm)
+    try:
+        first = executor.submit(who_warmed, None).result(timeout=60)
+        second = executor.submit(who_warmed, None).result(timeout=60)
+    finally:
+        executor.shutdown()
+    assert first[0] == first[1] and second[0] == second[1]  # warmed in the process that ran the job
+    assert first[1] != second[1]  # still one job per process
+    assert executor._spare is None
