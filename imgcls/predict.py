@@ -93,6 +93,7 @@ def load_verified(model_path: str, expected_sha256: str):
         warnings.filterwarnings("ignore", message=".*insecure pickle.*")  # the sha256 check above is our guard
         learn = load_learner(path, cpu=not torch.cuda.is_available())
     learn.model.eval()
+    learn.model.to(memory_format=torch.channels_last)  # faster convolutions, same results
     return learn
 
 
@@ -103,6 +104,7 @@ def fast_probabilities(learn, pils: list):
     dl = learn.dls.test_dl(pils, num_workers=0, bs=max(1, len(pils)))
     batch = dl.one_batch()
     xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+    xb = xb.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = learn.model(xb)
     activation = getattr(learn.loss_func, "activation", None)

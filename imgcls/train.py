@@ -152,19 +152,15 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     started = time.monotonic()
     check_spec(spec)
     emit(Progress("stage", message="loading fastai"))
+    warm_up()  # also the modules that add no_bar, fine_tune and to_channelslast to Learner
     import torch
-    # These modules add methods to Learner: no_bar, fine_tune, to_channelslast.
-    import fastai.callback.channelslast  # noqa: F401
-    import fastai.callback.progress  # noqa: F401
-    import fastai.callback.schedule  # noqa: F401
     from fastai.callback.core import Callback
     from fastai.interpret import ClassificationInterpretation
     from fastai.metrics import accuracy
+    from fastai.torch_core import set_seed
     from fastai.vision.learner import vision_learner
 
     from . import archs, interpret
-
-    from fastai.torch_core import set_seed
 
     set_seed(spec.seed)  # python, numpy and torch, so a run can be repeated
     if spec.device != "cuda":
