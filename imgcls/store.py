@@ -26,7 +26,7 @@ import sqlite_utils
 
 from .errors import ConflictError, InvalidInput, NotFound
 from .ingest import phash_distance
-from .types import REJECT_REASONS, ImageMeta, IngestLimits, IngestOutcome, TrainResult, to_plain
+from .types import REJECT_REASONS, TRANSIENT_REASONS, ImageMeta, IngestLimits, IngestOutcome, TrainResult, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,10 @@ class Store:
             {"id": int, "workshop_id": int, "image_id": int, "batch": str, "action": str, "field": str,
              "old": str, "new": str, "who": str, "why": str, "at": str, "undone_by": int, "undoes": int},
             pk="id", foreign_keys=fk, if_not_exists=True,
+        )
+        db["search_cache"].create(
+            {"provider": str, "query": str, "page": int, "params": str, "response": str, "fetched_at": str},
+            pk=("provider", "query", "page", "params"), if_not_exists=True,
         )
         db["runs"].create(
             {"id": int, "workshop_id": int, "status": str, "params": str, "requested_by": str,
@@ -387,6 +391,30 @@ class Store:
                           "GROUP BY label", [workshop_id])
         have = {r["label"]: r["n"] for r in rows}
         return {label: have.get(label, 0) for label in self.labels(workshop_id)}
+
+    def attempted_urls(self, workshop_id: int) -> set[str]:
+        """Source URLs a new download run should not fetch again: stored (or deleted) images, and
+        refusals that will not change on a retry (everything but timeouts, network and HTTP errors)."""
+        rows = self._rows(
+            "SELECT source_url FROM images WHERE workshop_id = ? AND source_url IS NOT NULL UNION "
+            "SELECT source_url FROM rejects WHERE workshop_id = ? AND source_url IS NOT NULL "
+            f"AND reason NOT IN ({', '.join('?' for _ in TRANSIENT_REASONS)})",
+            [workshop_id, workshop_id, *sorted(TRANSIENT_REASONS)])
+        return {r["source_url"] for r in rows}
+
+    # ------------------------------------------------------------ search cache
+
+    def cached_search(self, provider: str, query: str, page: int, params: str = "") -> Optional[Any]:
+        """A search response stored by `cache_search` (decoded JSON), or None."""
+        row = self._one("SELECT response FROM search_cache WHERE provider = ? AND query = ? AND page = ? "
+                        "AND params = ?", [provider, query, page, params])
+        return json.loads(row["response"]) if row else None
+
+    def cache_search(self, provider: str, query: str, page: int, response: Any, params: str = "") -> None:
+        with self.transaction():
+            self.db.conn.execute(
+                "INSERT OR REPLACE INTO search_cache (provider, query, page, params, response, fetched_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [provider, query, page, params, json.dumps(response), now()])
 
     def reject_counts(self, workshop_id: int) -> dict[str, int]:
         rows = self._rows("SELECT reason, count(*) AS n FROM rejects WHERE workshop_id = ? GROUP BY reason "

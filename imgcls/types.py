@@ -19,7 +19,16 @@ REJECT_REASONS = {
     "too_large": "too large",
     "duplicate": "exact duplicate",
     "near_duplicate": "near duplicate",
+    # downloads
+    "http_status": "HTTP error",
+    "timeout": "timed out",
+    "blocked": "blocked address",
+    "bad_url": "refused URL",
+    "network": "network error",
 }
+
+#: Reasons a later download run may try again (the others are final for that URL).
+TRANSIENT_REASONS = frozenset({"timeout", "network", "http_status"})
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,45 @@ class ImageMeta:
     title: Optional[str] = None
     attribution: Optional[str] = None
     added_by: Optional[str] = None
+
+
+# ---------------------------------------------------------------- search and download
+
+SOURCES = ("openverse", "wikimedia", "ddg")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One image search result, with the credit its licence asks for."""
+
+    provider: str  # openverse, wikimedia, ddg
+    url: str  # the full image
+    thumbnail_url: Optional[str] = None
+    landing_url: Optional[str] = None  # the page to credit and link to
+    title: Optional[str] = None
+    creator: Optional[str] = None
+    license: Optional[str] = None  # e.g. "by-sa 4.0", "cc0 1.0"; None when unknown (ddg)
+    license_url: Optional[str] = None
+    attribution: Optional[str] = None  # a ready credit line when the source gives one
+    width: Optional[int] = None
+    height: Optional[int] = None
+    id: Optional[str] = None  # the provider's id
+
+    def meta(self, added_by: Optional[str] = None) -> ImageMeta:
+        return ImageMeta(source=self.provider, source_url=self.url, landing_url=self.landing_url,
+                         license=self.license, license_url=self.license_url, creator=self.creator,
+                         title=self.title, attribution=self.attribution, added_by=added_by)
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """Per-label counts, reported while a download runs."""
+
+    label: str
+    stored: int
+    rejected: int
+    target: int
+    reasons: tuple[tuple[str, int], ...] = ()  # rejects by reason for this label, so far
 
 
 # ---------------------------------------------------------------- training

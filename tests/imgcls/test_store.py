@@ -663,3 +663,24 @@ def test_a_store_row_survives_json_round_trips(store):
     assert store.ingest_limits(wid).near_duplicate_distance == 2
     params = {"arch": "resnet34", "size": 192, "augment": False, "tags": ["a", "ü"]}
     assert store.run(store.create_run(wid, params))["params"] == params
+
+
+def test_search_responses_are_cached_per_provider_query_page_and_params(store):
+    assert store.cached_search("openverse", "roses", 1) is None
+    store.cache_search("openverse", "roses", 1, {"results": [{"id": "a"}]})
+    store.cache_search("openverse", "roses", 2, {"results": []})
+    store.cache_search("openverse", "roses", 1, {"results": [{"id": "b"}]}, params="license_type=all")
+    assert store.cached_search("openverse", "roses", 1) == {"results": [{"id": "a"}]}
+    assert store.cached_search("openverse", "roses", 1, params="license_type=all") == {"results": [{"id": "b"}]}
+    assert store.cached_search("wikimedia", "roses", 1) is None
+
+
+def test_attempted_urls_skip_stored_and_final_refusals_but_retry_transient_ones(store):
+    wid = new_workshop(store)
+    ok = store.add_image(wid, "circles", ingested(store, wid, seed=5), ImageMeta(source="openverse", source_url="https://a/1.jpg"))
+    assert ok.ok
+    for url, reason in [("https://a/2.jpg", "not_image"), ("https://a/3.jpg", "timeout"),
+                        ("https://a/4.jpg", "http_status"), ("https://a/5.jpg", "blocked")]:
+        store.record_reject(wid, "circles", reason, "x", ImageMeta(source="openverse", source_url=url))
+    assert store.attempted_urls(wid) == {"https://a/1.jpg", "https://a/2.jpg", "https://a/5.jpg"}
+    assert store.attempted_urls(new_workshop(store, name="other")) == set()
