@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from . import __version__
+from .credits import credit_line
 from .errors import ImgclsError, InvalidInput
 from .store import Store, parse_labels
 from .types import REJECT_REASONS, ImageMeta, Progress
@@ -162,12 +163,8 @@ def cmd_results(store: Store, args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        credits = {}
-        for t in run["top_losses"]:
-            row = store.image(t["image_id"])
-            credits[t["image_id"]] = row["attribution"] or row["creator"]
         tiles = [interpret.Tile(t["path"], t["actual"], t["predicted"], t["loss"], t["probability"],
-                                credits.get(t["image_id"])) for t in run["top_losses"]]
+                                credit_line(store.image(t["image_id"]), short=True)) for t in run["top_losses"]]
         confusion_png, losses_png = out / f"run{run['id']}_confusion.png", out / f"run{run['id']}_top_losses.png"
         confusion_png.write_bytes(interpret.render_confusion(run["labels"], run["confusion"]))
         losses_png.write_bytes(interpret.render_top_losses(tiles))
@@ -209,6 +206,19 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> int:
         n = len((run["snapshot"] or {}).get("items", []))
         print(f"run {run['id']:>3}  {run['status']:<11} {run['params'].get('arch', '?'):<9} {n:>5} images  "
               f"accuracy {acc:>6}  {run['created_at']}  {run['error'] or ''}")
+    return 0
+
+
+def cmd_credits(store: Store, args: argparse.Namespace) -> int:
+    ws = store.find_workshop(args.name)
+    shown = 0
+    for row in store.images(ws["id"]):
+        line = credit_line(row)
+        if line:
+            print(f"{row['id']:>5} {row['label']}: {line}")
+            shown += 1
+    if not shown:
+        print("No image here needs a credit (all are the group's own).")
     return 0
 
 
@@ -274,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", type=int)
     sp.add_argument("-k", type=int, default=3, help="how many labels to show")
     add("runs", cmd_runs, "list training runs")
+    add("credits", cmd_credits, "the attribution of every active image")
     sp = add("delete", cmd_delete, "soft-delete an image (undo brings it back)")
     sp.add_argument("image_id", type=int)
     sp.add_argument("--why", default="")

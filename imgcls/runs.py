@@ -11,6 +11,7 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
+from .credits import credit_line
 from .errors import ImgclsError, JobCancelled
 from .store import Store
 from .train import check_spec, train
@@ -37,7 +38,7 @@ def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Option
     """The workshop's active images as a TrainSpec; checked, so a hopeless dataset fails here."""
     rows = store.images(workshop_id)
     items = tuple(TrainItem(r["id"], str(store.image_path(r)), r["label"]) for r in rows)
-    credits = tuple((r["id"], r["attribution"] or r["creator"]) for r in rows if r["attribution"] or r["creator"])
+    credits = tuple((r["id"], line) for r in rows if (line := credit_line(r, short=True)))
     spec = TrainSpec(items=items, labels=tuple(store.labels(workshop_id)), out_dir="", run_id=run_id,
                      credits=credits, **vars(params))
     check_spec(spec)

@@ -76,3 +76,23 @@ def test_progress_bar():
     assert bar(0, 10, width=10) == "[----------]  0/10"
     assert bar(5, 10, width=10) == "[#####-----]  5/10"
     assert bar(12, 10, width=10) == "[##########] 12/10"
+
+
+def test_credits_list_every_active_image_that_needs_one(tmp_path, capsys):
+    from imgcls.ingest import ingest
+    from imgcls.store import Store
+    from imgcls.types import ImageMeta
+
+    data = tmp_path / "data"
+    store = Store(data)
+    ws = store.create_workshop("w", ["circles"])
+    for seed, meta in [(1, ImageMeta(source="openverse", attribution='"C" by Ann, CC BY 2.0')),
+                       (2, ImageMeta(source="upload", added_by="bo")),
+                       (3, ImageMeta(source="ddg", source_url="https://x/3.jpg"))]:
+        outcome = ingest(jpeg_bytes(make_image("circles", seed, 96)), store.images_dir)
+        store.add_image(ws["id"], "circles", outcome, meta)
+    store.close()
+    code, out, _ = run(capsys, "--data-dir", str(data), "credits", "w")
+    assert code == 0
+    assert '"C" by Ann, CC BY 2.0' in out and "licence unknown, from https://x/3.jpg" in out
+    assert len(out.strip().splitlines()) == 2
