@@ -36,3 +36,7 @@ class JobTimedOut(TrainingFailed):
 
 class ModelRefused(ImgclsError):
     """A model file that is missing, changed since export, or not one of ours."""
+
+
+class SearchUnavailable(ImgclsError):
+    """An image search provider refused or failed (rate limit, auth, server error); the next source takes over."""
