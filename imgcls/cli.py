@@ -15,7 +15,7 @@ import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
 from .credits import credit_line
@@ -209,6 +209,64 @@ def cmd_runs(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_config():
+    from .search import SearchConfig
+
+    env = os.environ
+    defaults = SearchConfig()
+    return SearchConfig(
+        openverse_url=env.get("OPENVERSE_URL", defaults.openverse_url),
+        wikimedia_url=env.get("WIKIMEDIA_URL", defaults.wikimedia_url),
+        openverse_client_id=env.get("OPENVERSE_CLIENT_ID") or None,
+        openverse_client_secret=env.get("OPENVERSE_CLIENT_SECRET") or None,
+    )
+
+
+def _download_config():
+    from .download import DownloadConfig
+
+    allow = tuple(a.strip() for a in os.environ.get("DOWNLOAD_ALLOW", "").split(",") if a.strip())
+    return DownloadConfig(allow=allow)
+
+
+def cmd_download(store: Store, args: argparse.Namespace) -> int:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .download import download_images, make_session
+    from .search import Searcher
+    from .types import SOURCES
+
+    ws = store.find_workshop(args.name)
+    sources = [s.strip().lower() for s in args.sources.split(",") if s.strip()]
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown or not sources:
+        raise InvalidInput(f"Unknown source(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SOURCES)}.")
+    if not 1 <= args.per_label <= 1000:
+        raise InvalidInput("--per-label must be between 1 and 1000.")
+    line = ProgressLine(sys.stdout)
+    state: dict[str, Any] = {}
+
+    def progress(p) -> None:
+        state[p.label] = p
+        line.update("  ".join(f"{q.label} {bar(q.stored, q.target, 12)}" for q in state.values()))
+
+    async def main():
+        config = _download_config()
+        workers = max(1, min(args.jobs or os.cpu_count() or 1, 8))
+        with ThreadPoolExecutor(1, thread_name_prefix="db") as db, \
+                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            async with make_session(config) as session:
+                searcher = Searcher(session, _search_config(), cache=store, db=db)
+                return await download_images(session=session, store=store, db=db, pool=pool, source=searcher,
+                                             workshop_id=ws["id"], per_label=args.per_label, sources=sources,
+                                             config=config, progress=progress, added_by=args.who)
+
+    report = asyncio.run(main())
+    line.print(report.summary())
+    return _print_images(store, ws)
+
+
 def cmd_credits(store: Store, args: argparse.Namespace) -> int:
     ws = store.find_workshop(args.name)
     shown = 0
@@ -267,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, default=0, help="ingest processes (default: one per CPU)")
     sp.add_argument("-v", "--verbose", action="store_true", help="list every refused file")
     add("images", cmd_images, "image counts per label, and refusals by reason")
+    sp = add("download", cmd_download, "search the web for images of each label and download them")
+    sp.add_argument("--per-label", type=int, required=True, help="how many images each label should have")
+    sp.add_argument("--sources", default="openverse",
+                    help="comma-separated, tried in order: openverse, wikimedia, ddg (default: openverse)")
+    sp.add_argument("--jobs", type=int, default=0, help="ingest processes (default: one per CPU)")
     sp = add("train", cmd_train, "train a classifier on the workshop's images")
     sp.add_argument("--arch", default="lite0", choices=("lite0", "resnet18", "resnet34"))
     sp.add_argument("--epochs", type=int, default=3)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT_MODULES = ["imgcls", "imgcls.types", "imgcls.errors", "imgcls.store", "imgcls.ingest", "imgcls.collect",
-                 "imgcls.interpret", "imgcls.jobs", "imgcls.runs", "imgcls.train", "imgcls.predict", "imgcls.cli", "imgcls.search", "imgcls.credits"]
+                 "imgcls.interpret", "imgcls.jobs", "imgcls.runs", "imgcls.train", "imgcls.predict", "imgcls.cli", "imgcls.search", "imgcls.credits", "imgcls.download"]
 
 
 def test_importing_imgcls_does_not_import_torch_fastai_or_discord():
