@@ -179,7 +179,7 @@ def make_app(*, latency: float = 0.0, size: int = 256, quality: int = 85, slow: 
     app = web.Application(middlewares=[count])
     app[STATS] = stats
     app.add_routes([
-        web.get("/img/{name}", img), web.get("/dup/{name}", img), web.get("/tiny/{name}", tiny),
+        web.get("/img/{name:.+}", img), web.get("/dup/{name}", img), web.get("/tiny/{name}", tiny),
         web.get("/slow/{name}", slow_image), web.get("/retry-after/{name}", retry_after),
         web.get("/error/{name}", error), web.get("/status/{code}/{name}", status),
         web.get("/redirect", redirect), web.get("/redirect/{n}/{name}", redirect_hops),

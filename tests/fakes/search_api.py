@@ -33,6 +33,7 @@ Result ``n`` (0-based, across pages) of a provider has the image URL ``<image_ba
 from __future__ import annotations
 
 import math
+from urllib.parse import quote
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional
@@ -90,8 +91,11 @@ class SearchState:
         return web.Response(status=status, text="Internal Server Error")
 
 
-def _base(request: web.Request, state: SearchState) -> str:
-    return (state.image_base or str(request.url.origin())).rstrip("/")
+def _base(request: web.Request, state: SearchState, query: str = "") -> str:
+    """Where result images live; a ``{query}`` in ``image_base`` becomes the query, so each label's
+    results are different images on an image server."""
+    base = state.image_base or str(request.url.origin())
+    return base.replace("{query}", quote(query.replace(" ", "-"), safe="")).rstrip("/")
 
 
 def _record(request: web.Request, state: SearchState, provider: str, form: Optional[dict] = None) -> None:
@@ -128,7 +132,7 @@ def make_app(state: SearchState) -> web.Application:
         page_count = min(math.ceil(total / size), 20 if not authed else 10_000)
         if page > max(page_count, 1):
             return web.json_response({"detail": "Invalid page."}, status=400)
-        base = _base(request, state)
+        base = _base(request, state, q.get("q", ""))
         results = [_openverse_item(n, q.get("q", ""), base, str(request.url.origin()), state.same_images)
                    for n in range((page - 1) * size, min(page * size, total))]
         return web.json_response({"result_count": total, "page_count": page_count, "page_size": size,
@@ -146,7 +150,7 @@ def make_app(state: SearchState) -> web.Application:
         search = q.get("gsrsearch", "")
         query = search.removeprefix("filetype:bitmap").strip()
         limit, offset = int(q.get("gsrlimit", "10")), int(q.get("gsroffset", "0"))
-        total, base = state.total("wikimedia", query), _base(request, state)
+        total, base = state.total("wikimedia", query), _base(request, state, query)
         pages = [_wikimedia_page(n, query, base, n in state.svg, state.wikimedia_thumbs and "iiurlwidth" in q,
                                  state.same_images)
                  for n in range(offset, min(offset + limit, total))]

@@ -96,3 +96,39 @@ def test_credits_list_every_active_image_that_needs_one(tmp_path, capsys):
     assert code == 0
     assert '"C" by Ann, CC BY 2.0' in out and "licence unknown, from https://x/3.jpg" in out
     assert len(out.strip().splitlines()) == 2
+
+
+def test_download_then_credits_from_the_command_line(tmp_path, capsys, monkeypatch):
+    from tests.fakes.search_api import SearchState
+    from tests.fakes.threaded import running_servers
+
+    data = str(tmp_path / "data")
+    state = SearchState(results={"openverse": 3, "wikimedia": 40})  # Openverse runs short: Wikimedia fills in
+    with running_servers(state) as servers:
+        monkeypatch.setenv("OPENVERSE_URL", servers.search)
+        monkeypatch.setenv("WIKIMEDIA_URL", servers.search + "/w/api.php")
+        monkeypatch.setenv("DOWNLOAD_ALLOW", "127.0.0.1")
+        run(capsys, "--data-dir", data, "init", "flowers", "--labels", "red roses, lavender")
+        code, out, err = run(capsys, "--data-dir", data, "download", "flowers", "--per-label", "5",
+                             "--sources", "openverse,wikimedia", "--jobs", "1")
+        assert code == 0, err
+        assert "red roses" in out and "lavender" in out
+        code, out, _ = run(capsys, "--data-dir", data, "images", "flowers")
+        assert [line.split()[-1] for line in out.splitlines()[1:3]] == ["5", "5"]
+        code, out, _ = run(capsys, "--data-dir", data, "credits", "flowers")
+        lines = out.strip().splitlines()
+        assert len(lines) == 10
+        assert sum("is licensed under CC" in line for line in lines) == 6  # 3 per label from Openverse
+        assert sum("via Wikimedia Commons" in line for line in lines) == 4
+        fetched = servers.stats.total
+        search_calls = len(state.requests)
+        # a second run: the labels are full, nothing is searched or fetched again
+        code, out, _ = run(capsys, "--data-dir", data, "download", "flowers", "--per-label", "5", "--jobs", "1")
+        assert code == 0 and servers.stats.total == fetched and len(state.requests) == search_calls
+
+
+def test_download_refuses_unknown_sources(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    run(capsys, "--data-dir", data, "init", "w", "--labels", "a,b")
+    code, _, err = run(capsys, "--data-dir", data, "download", "w", "--per-label", "5", "--sources", "bing")
+    assert code == 2 and "bing" in err and "openverse" in err
