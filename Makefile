@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/train.py
 	$(PY) bench/predict.py
+	$(PY) bench/download.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -151,9 +151,9 @@ def _downscale(img: Image.Image, max_side: int) -> Image.Image:
         return img
     scale = max_side / longest
     new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    # reducing_gap=1.5: a cheap box reduction first, then Lanczos; about half the time of a plain
+    # reducing_gap=1.0: a cheap box reduction first, then Lanczos; about a third of the time of a plain
     # Lanczos from multi-megapixel photos, and no visible difference at 512 px.
-    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=1.5)
+    return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=1.0)
 
 
 def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], str]:
