@@ -98,8 +98,9 @@ def _refusal(ip: IPAddress) -> Optional[str]:
             return f"an IPv6 form of {embedded}, {kind}"
     for attribute, kind in (("is_unspecified", "an unspecified"), ("is_loopback", "a loopback"),
                             ("is_link_local", "a link-local (cloud metadata)"), ("is_multicast", "a multicast"),
-                            ("is_private", "a private"), ("is_reserved", "a reserved")):
-        if getattr(ip, attribute):
+                            ("is_private", "a private"), ("is_reserved", "a reserved"),
+                            ("is_site_local", "a site-local")):
+        if getattr(ip, attribute, False):
             return f"{kind} address"
     return None if ip.is_global else "not a public address"
 

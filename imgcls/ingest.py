@@ -279,12 +279,18 @@ def _allowed_formats() -> tuple[str, ...]:
 
 def _write_atomically(path: Path, content: bytes) -> None:
     if path.exists():
-        return
+        # Same content, same file. Touch it: Store.sweep_orphans leaves recently used files alone,
+        # so a file about to be recorded again is not swept as an orphan in between.
+        try:
+            os.utime(path)
+            return
+        except FileNotFoundError:  # swept a moment ago: write it again
+            pass
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; stored images are plain files
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private; stored images are plain files
             f.write(content)
             f.flush()
             os.fsync(f.fileno())

@@ -8,14 +8,15 @@ skipping Learner.predict's callback machinery; tests check both give the same an
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import threading
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .errors import ModelRefused
-from .train import sha256_file
+from .errors import InvalidInput, ModelRefused
 from .types import Prediction
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class Predictor:
                      run_id: Optional[int] = None) -> list[Prediction]:
         import torch
 
+        if k < 1:
+            raise InvalidInput("Ask for at least one label (k >= 1).")
         learn = self.load(model_path, expected_sha256)
         pils = [decode_image(data) for data in images]
         probs = fast_probabilities(learn, pils)
@@ -76,22 +79,33 @@ class Predictor:
 
 
 def load_verified(model_path: str, expected_sha256: str):
-    """load_learner, but only for the file whose sha256 the runs table recorded."""
+    """load_learner, but only for the bytes whose sha256 the runs table recorded.
+
+    The file is read once and the checked bytes are what gets unpickled, so a file swapped
+    after the check is never loaded. Models are loaded on the CPU: that keeps GPU memory for
+    training and works whatever device the model was trained on.
+    """
     path = Path(model_path)
     if not expected_sha256:
         raise ModelRefused("This run has no recorded model checksum, so its model will not be loaded.")
-    if not path.is_file():
-        raise ModelRefused(f"The model file {path.name} is missing; retrain to make a new one.")
-    actual = sha256_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelRefused(f"The model file {path.name} is missing or unreadable; retrain to make a new one.") from exc
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         log.warning("model %s sha256 %s does not match the recorded %s", path, actual, expected_sha256)
         raise ModelRefused("The model file has changed since it was trained, so it will not be loaded; retrain.")
     import torch
     from fastai.learner import load_learner
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*insecure pickle.*")  # the sha256 check above is our guard
-        learn = load_learner(path, cpu=not torch.cuda.is_available())
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*insecure pickle.*")  # the sha256 check above is our guard
+            learn = load_learner(io.BytesIO(data), cpu=True)
+    except Exception as exc:  # a model from an incompatible version of the libraries
+        log.exception("model %s could not be loaded", path)
+        raise ModelRefused(f"The model could not be loaded ({type(exc).__name__}); retrain to make a new one.") from exc
     learn.model.eval()
     learn.model.to(memory_format=torch.channels_last)  # faster convolutions, same results
     return learn

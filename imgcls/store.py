@@ -351,14 +351,19 @@ class Store:
     def sweep_orphans(self, min_age_seconds: float = 3600) -> int:
         """Remove image files no row points at (refused duplicates), once they are old enough that no
         ingest still in flight can be about to record them. Returns how many were removed."""
-        used = {r["path"] for r in self._rows("SELECT DISTINCT path FROM images")}
         cutoff = time.time() - min_age_seconds
         removed = 0
         for path in self.images_dir.glob("*/*.jpg"):
             rel = path.relative_to(self.images_dir).as_posix()
-            if rel not in used and path.stat().st_mtime <= cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
+            with self.transaction():  # no row can be added for this file while we decide
+                try:
+                    if path.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+                if self._one("SELECT 1 FROM images WHERE path = ? LIMIT 1", [rel]) is None:
+                    path.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def record_reject(self, workshop_id: int, label: Optional[str], reason: str, detail: str,

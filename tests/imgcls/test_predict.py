@@ -85,3 +85,18 @@ def test_bad_image_bytes_are_refused_with_a_reason(trained, predictor, data):
     run = trained.run
     with pytest.raises(InvalidInput):
         predictor.predict(run["model_path"], run["model_sha256"], data)
+
+
+def test_a_file_that_is_not_a_model_is_refused_even_with_a_matching_checksum(tmp_path):
+    import hashlib
+
+    junk = tmp_path / "model.pkl"
+    junk.write_bytes(b"not a pickle at all")
+    with pytest.raises(ModelRefused, match="could not be loaded"):
+        Predictor().load(str(junk), hashlib.sha256(junk.read_bytes()).hexdigest())
+
+
+def test_asking_for_no_labels_is_refused(trained, predictor):
+    run = trained.run
+    with pytest.raises(InvalidInput, match="at least one"):
+        predictor.predict(run["model_path"], run["model_sha256"], jpeg_bytes(make_image("circles", 5)), k=0)

@@ -684,3 +684,19 @@ def test_attempted_urls_skip_stored_and_final_refusals_but_retry_transient_ones(
         store.record_reject(wid, "circles", reason, "x", ImageMeta(source="openverse", source_url=url))
     assert store.attempted_urls(wid) == {"https://a/1.jpg", "https://a/2.jpg", "https://a/5.jpg"}
     assert store.attempted_urls(new_workshop(store, name="other")) == set()
+
+
+def test_an_old_orphan_ingested_again_is_not_swept_before_it_is_recorded(store):
+    import os
+
+    one, two = new_workshop(store, name="one"), new_workshop(store, name="two")
+    add(store, one, seed=1, quality=95)
+    orphan = ingested(store, one, seed=1, quality=40)  # refused below as a near duplicate: its file is an orphan
+    assert store.add_image(one, "circles", orphan).reason == "near_duplicate"
+    old = time.time() - 7200
+    os.utime(store.images_dir / orphan.path, (old, old))
+    again = ingested(store, two, seed=1, quality=40)  # workshop two ingests the same picture: same file
+    assert again.path == orphan.path
+    assert store.sweep_orphans(min_age_seconds=3600) == 0  # it was just used, so it is not swept
+    assert store.add_image(two, "circles", again).ok
+    assert store.image_path(store.image(store.images(two)[0]["id"])).exists()
