@@ -12,6 +12,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import sqlite3
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from . import __version__
 from .credits import credit_line
 from .errors import ImgclsError, InvalidInput
 from .store import Store, parse_labels
-from .types import REJECT_REASONS, ImageMeta, Progress
+from .types import ARCHS, REJECT_REASONS, ImageMeta, Progress
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +235,10 @@ def cmd_download(store: Store, args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from .download import download_images, make_session
-    from .search import Searcher
-    from .types import SOURCES
+    from .search import Searcher, check_sources
 
     ws = store.find_workshop(args.name)
-    sources = [s.strip().lower() for s in args.sources.split(",") if s.strip()]
-    unknown = [s for s in sources if s not in SOURCES]
-    if unknown or not sources:
-        raise InvalidInput(f"Unknown source(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SOURCES)}.")
+    sources = check_sources(args.sources)
     if not 1 <= args.per_label <= 1000:
         raise InvalidInput("--per-label must be between 1 and 1000.")
     line = ProgressLine(sys.stdout)
@@ -251,18 +248,22 @@ def cmd_download(store: Store, args: argparse.Namespace) -> int:
         state[p.label] = p
         line.update("  ".join(f"{q.label} {bar(q.stored, q.target, 12)}" for q in state.values()))
 
-    async def main():
-        config = _download_config()
-        workers = max(1, min(args.jobs or os.cpu_count() or 1, 8))
-        with ThreadPoolExecutor(1, thread_name_prefix="db") as db, \
-                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            async with make_session(config) as session:
-                searcher = Searcher(session, _search_config(), cache=store, db=db)
-                return await download_images(session=session, store=store, db=db, pool=pool, source=searcher,
-                                             workshop_id=ws["id"], per_label=args.per_label, sources=sources,
-                                             config=config, progress=progress, added_by=args.who)
+    config = _download_config()
 
-    report = asyncio.run(main())
+    async def main(db, pool):
+        async with make_session(config) as session:
+            searcher = Searcher(session, _search_config(), cache=store, db=db)
+            return await download_images(session=session, store=store, db=db, pool=pool, source=searcher,
+                                         workshop_id=ws["id"], per_label=args.per_label, sources=sources,
+                                         config=config, progress=progress, added_by=args.who)
+
+    workers = max(1, min(args.jobs or os.cpu_count() or 1, 8))
+    # The executors live outside the event loop, so shutting them down never blocks it.
+    with ThreadPoolExecutor(1, thread_name_prefix="db") as db, \
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        report = asyncio.run(main(db, pool))
+    for error in report.errors:
+        line.print(f"warning: {error}")
     line.print(report.summary())
     return _print_images(store, ws)
 
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated, tried in order: openverse, wikimedia, ddg (default: openverse)")
     sp.add_argument("--jobs", type=int, default=0, help="ingest processes (default: one per CPU)")
     sp = add("train", cmd_train, "train a classifier on the workshop's images")
-    sp.add_argument("--arch", default="lite0", choices=("lite0", "resnet18", "resnet34"))
+    sp.add_argument("--arch", default="lite0", choices=ARCHS)
     sp.add_argument("--epochs", type=int, default=3)
     sp.add_argument("--size", type=int, default=224, help="image size in pixels")
     sp.add_argument("--bs", type=int, default=32, help="batch size")
@@ -371,6 +372,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.fn(store, args)
     except ImgclsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:  # unwritable --out folder, unreadable files, a locked database
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from .errors import InvalidInput
-from .ingest import ingest
+from .ingest import ingest, mb
 from .store import Store, label_key
 from .types import ImageMeta, IngestLimits, IngestOutcome
 
@@ -30,17 +30,17 @@ class Added:
     outcome: IngestOutcome
 
 
-def ingest_file(path: str, images_dir: str, limits: IngestLimits,
-                known_sha256: frozenset = frozenset(), known_phashes: tuple = ()) -> IngestOutcome:
+def ingest_file(path: str, images_dir: str, limits: IngestLimits) -> IngestOutcome:
     """Read a file and ingest it; top-level so a process pool can run it."""
     try:
         size = os.path.getsize(path)
         if size > limits.max_bytes:
-            return IngestOutcome(ok=False, reason="too_large", detail=f"the file is {size / 1e6:.1f} MB")
+            return IngestOutcome(ok=False, reason="too_large",
+                                 detail=f"the file is {mb(size)}; the limit is {mb(limits.max_bytes)}")
         data = Path(path).read_bytes()
     except OSError as exc:
         return IngestOutcome(ok=False, reason="corrupt", detail=f"the file could not be read: {exc.strerror}")
-    return ingest(data, images_dir, limits=limits, known_sha256=known_sha256, known_phashes=known_phashes)
+    return ingest(data, images_dir, limits=limits)
 
 
 def folder_files(root: str | os.PathLike, labels: list[str]) -> list[tuple[str, Path]]:
@@ -55,7 +55,8 @@ def folder_files(root: str | os.PathLike, labels: list[str]) -> list[tuple[str, 
         if label is None:
             unknown.append(sub.name)
             continue
-        found += [(label, f) for f in sorted(sub.rglob("*")) if f.is_file() and not f.name.startswith(".")]
+        found += [(label, f) for f in sorted(sub.rglob("*"))
+                  if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES]
     if unknown:
         log.warning("folders that match no label were skipped: %s", ", ".join(unknown))
     if not found:
@@ -69,10 +70,13 @@ def add_files(store: Store, workshop_id: int, files: Iterable[tuple[str, Path]],
     """Ingest files into the workshop; each gets a stored image or a recorded reject."""
     files = list(files)
     limits = store.ingest_limits(workshop_id)
-    shas, phashes = store.known_hashes(workshop_id)
     images_dir = str(store.images_dir)
-    args = [(str(path), images_dir, limits, shas, phashes) for _, path in files]
-    outcomes = pool.map(ingest_file, *zip(*args)) if (pool and args) else (ingest_file(*a) for a in args)
+    # No known hashes go to ingest: the store re-checks duplicates when it records each image.
+    if pool is not None:
+        pending = [pool.submit(ingest_file, str(path), images_dir, limits) for _, path in files]
+        outcomes = (_result(f) for f in pending)
+    else:
+        outcomes = (ingest_file(str(path), images_dir, limits) for _, path in files)
     added = []
     for n, ((label, path), outcome) in enumerate(zip(files, outcomes), 1):
         item_meta = ImageMeta(**{**vars(meta), "source_url": meta.source_url or str(path)})
@@ -81,3 +85,12 @@ def add_files(store: Store, workshop_id: int, files: Iterable[tuple[str, Path]],
         if progress:
             progress(n, len(files), item)
     return added
+
+
+def _result(future: Future) -> IngestOutcome:
+    """A pool job's outcome; a dead worker fails that file, not the whole folder."""
+    try:
+        return future.result()
+    except Exception as exc:  # BrokenProcessPool, a full disk...
+        log.exception("ingest failed")
+        return IngestOutcome(ok=False, reason="corrupt", detail=f"it could not be processed ({type(exc).__name__})")

@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
-from .ingest import ingest
+from .ingest import ingest, mb
 from .types import REJECT_REASONS, Candidate, DownloadProgress, IngestLimits, IngestOutcome
 
 if TYPE_CHECKING:
@@ -284,8 +284,8 @@ async def _request(session: aiohttp.ClientSession, url: str, config: DownloadCon
                 if not resp.content_type.startswith("image/") and resp.content_type not in _BINARY_TYPES:
                     raise FetchError("not_image", f"the server sent {resp.content_type}, not an image")
                 if resp.content_length is not None and resp.content_length > config.max_bytes:
-                    raise FetchError("too_large", f"the file is {_mb(resp.content_length)}; the limit is "
-                                                  f"{_mb(config.max_bytes)}")
+                    raise FetchError("too_large", f"the file is {mb(resp.content_length)}; the limit is "
+                                                  f"{mb(config.max_bytes)}")
                 return await _read_capped(resp, config.max_bytes)
     except FetchError:
         raise
@@ -306,7 +306,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     async for chunk in resp.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > cap:
-            raise FetchError("too_large", f"the file is larger than {_mb(cap)}, the limit; stopped reading there")
+            raise FetchError("too_large", f"the file is larger than {mb(cap)}, the limit; stopped reading there")
     return bytes(body)
 
 
@@ -321,10 +321,6 @@ def _retry_after(value: Optional[str], cap: float) -> Optional[float]:
         except (TypeError, ValueError):
             return None
     return None if math.isnan(seconds) else min(max(seconds, 0.0), cap)
-
-
-def _mb(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
 
 
 # ------------------------------------------------------------------ a whole workshop
@@ -371,6 +367,7 @@ class _Label:
     rejected: Counter = field(default_factory=Counter)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     error: Optional[str] = None
+    stopped: bool = False
 
     def progress(self) -> DownloadProgress:
         return DownloadProgress(self.name, self.stored, sum(self.rejected.values()), self.target,
@@ -380,8 +377,9 @@ class _Label:
 def _prepare(store: Store, workshop_id: int, labels: Optional[Sequence[str]]) -> tuple:
     """Everything a run reads from the store up front (runs on the db executor)."""
     names = [store.resolve_label(workshop_id, n) for n in labels] if labels is not None else store.labels(workshop_id)
+    # No known hashes go to ingest: the store re-checks duplicates when it records each image.
     return (names, store.counts(workshop_id), store.attempted_urls(workshop_id), store.ingest_limits(workshop_id),
-            store.known_hashes(workshop_id), str(store.images_dir))
+            str(store.images_dir))
 
 
 async def download_images(*, session: aiohttp.ClientSession, store: Store, db: Executor, pool: Executor,
@@ -392,8 +390,7 @@ async def download_images(*, session: aiohttp.ClientSession, store: Store, db: E
     """Search and download until each label has `per_label` active images (or its candidates run out)."""
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    names, counts, skip, limits, (shas, phashes), images_dir = await loop.run_in_executor(
-        db, _prepare, store, workshop_id, labels)
+    names, counts, skip, limits, images_dir = await loop.run_in_executor(db, _prepare, store, workshop_id, labels)
     config = replace(config, max_bytes=min(config.max_bytes, limits.max_bytes))
     limiter = Limiter(config.concurrency, config.per_host)
     states = [_Label(name, per_label, counts.get(name, 0)) for name in names]
@@ -415,11 +412,18 @@ async def download_images(*, session: aiohttp.ClientSession, store: Store, db: E
             log.warning("the download progress callback failed", exc_info=True)
 
     async def record(st: _Label, meta: Any, outcome: IngestOutcome, fetched: bool) -> Optional[asyncio.Future]:
-        if fetched:  # ingest's outcome: the store records the image or its refusal (re-checking duplicates)
-            outcome = await loop.run_in_executor(db, store.add_image, workshop_id, st.name, outcome, meta)
-        else:
-            await loop.run_in_executor(db, functools.partial(
-                store.record_reject, workshop_id, st.name, outcome.reason, outcome.detail, meta))
+        try:
+            if fetched:  # ingest's outcome: the store records the image or its refusal (re-checking duplicates)
+                outcome = await loop.run_in_executor(db, store.add_image, workshop_id, st.name, outcome, meta)
+            else:
+                await loop.run_in_executor(db, functools.partial(
+                    store.record_reject, workshop_id, st.name, outcome.reason, outcome.detail, meta))
+        except Exception as exc:  # the label was removed meanwhile, the disk is full...: stop this label
+            log.exception("could not record %s for %r", meta.source_url, st.name)
+            st.error = f"images for '{st.name}' could not be saved: {exc}"
+            st.stopped = True  # feed() starts no more downloads for this label
+            st.changed.set()
+            return None
         if outcome.ok:
             st.stored, st.added = st.stored + 1, st.added + 1
         else:
@@ -432,11 +436,14 @@ async def download_images(*, session: aiohttp.ClientSession, store: Store, db: E
         try:
             try:
                 data = await fetch(session, candidate.url, config, limiter=limiter)
+                outcome, fetched = await loop.run_in_executor(pool, functools.partial(
+                    ingest, data, images_dir, limits=limits)), True
             except FetchError as exc:
                 outcome, fetched = IngestOutcome(ok=False, reason=exc.reason, detail=exc.detail), False
-            else:
-                outcome, fetched = await loop.run_in_executor(pool, functools.partial(
-                    ingest, data, images_dir, limits=limits, known_sha256=shas, known_phashes=phashes)), True
+            except Exception as exc:  # a broken worker or a full disk fails this image, not the whole download
+                log.exception("could not ingest %s", candidate.url)
+                outcome, fetched = IngestOutcome(ok=False, reason="corrupt", detail=f"it could not be processed "
+                                                 f"({type(exc).__name__})"), False
             writing = asyncio.ensure_future(record(st, meta, outcome, fetched))
             try:
                 await asyncio.shield(writing)
@@ -455,11 +462,11 @@ async def download_images(*, session: aiohttp.ClientSession, store: Store, db: E
         try:
             async with aclosing(source.candidates(config.query_for(st.name), sources)) as results:
                 iterator = aiter(results)
-                while st.tried < budget:
-                    while st.stored < st.target and st.stored + st.in_flight >= st.target:
+                while st.tried < budget and not st.stopped:
+                    while not st.stopped and st.stored < st.target and st.stored + st.in_flight >= st.target:
                         st.changed.clear()  # wait for an in-flight download to finish
                         await st.changed.wait()
-                    if st.stored >= st.target:
+                    if st.stored >= st.target or st.stopped:
                         break
                     try:
                         candidate = await anext(iterator)

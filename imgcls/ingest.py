@@ -91,7 +91,7 @@ def _ingest(
     if not data:
         raise _Refused("not_image", "the file is empty")
     if len(data) > limits.max_bytes:
-        size, limit = _mb(len(data)), _mb(limits.max_bytes)
+        size, limit = mb(len(data)), mb(limits.max_bytes)
         raise _Refused("too_large", f"the file is {size}; the limit is {limit}")
     img, original_size, original_format = _decode(data, limits)
     width, height = img.size
@@ -137,7 +137,7 @@ def decode_rgb(data: bytes, limits: IngestLimits = IngestLimits()) -> Image.Imag
     if not data:
         raise InvalidInput("The image is empty.")
     if len(data) > limits.max_bytes:
-        raise InvalidInput(f"The image is {_mb(len(data))}; the limit is {_mb(limits.max_bytes)}.")
+        raise InvalidInput(f"The image is {mb(len(data))}; the limit is {mb(limits.max_bytes)}.")
     try:
         img, _, _ = _decode(data, limits)
     except _Refused as refusal:
@@ -300,7 +300,7 @@ def _write_atomically(path: Path, content: bytes) -> None:
         raise
 
 
-def _mb(n: int) -> str:
+def mb(n: int) -> str:
     if n >= 1024 * 1024:
         return f"{n / (1024 * 1024):.1f} MB"
     return f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"

@@ -76,11 +76,25 @@ def strip_html(text: Optional[str]) -> Optional[str]:
     return text or None
 
 
+def check_sources(sources: Sequence[str] | str) -> list[str]:
+    """The named image sources, checked and de-duplicated in order; a comma-separated string is accepted."""
+    if isinstance(sources, str):
+        sources = sources.split(",")
+    sources = [s.strip().lower() for s in sources if s.strip()]
+    bad = [s for s in sources if s not in SOURCES]
+    if bad or not sources:
+        raise InvalidInput(f"Unknown image source {', '.join(map(repr, bad)) or '(none given)'}; "
+                           f"choose from {', '.join(SOURCES)}.")
+    return list(dict.fromkeys(sources))
+
+
 class Searcher:
     """Searches the image providers for one process; share one per aiohttp session."""
 
     def __init__(self, session: aiohttp.ClientSession, config: SearchConfig = SearchConfig(), *,
                  cache: Any = None, db: Optional[concurrent.futures.Executor] = None):
+        if cache is not None and db is None:  # the store is used from one thread: give it one of its own
+            db = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="search-cache")
         self.session, self.config, self.cache, self.db = session, config, cache, db
         self._token: Optional[tuple[str, float]] = None  # (access token, monotonic expiry)
         self._token_lock = asyncio.Lock()
@@ -89,13 +103,13 @@ class Searcher:
 
     async def page(self, provider: str, query: str, page: int) -> list[Candidate]:
         """One page of results, from the cache or the API. Raises SearchUnavailable on refusal."""
-        self._check_sources([provider])
+        check_sources([provider])
         return (await self._page(provider, query.strip(), page))[0]
 
     async def candidates(self, query: str, sources: Sequence[str] = ("openverse",)) -> AsyncIterator[Candidate]:
         """Candidates from each source in turn, page by page, each image URL once. Stop iterating when
         you have enough; when every source has run out or refused, the iteration just ends."""
-        sources = self._check_sources(sources)
+        sources = check_sources(sources)
         query = query.strip()
         if not query:
             raise InvalidInput("A search needs some words to search for.")
@@ -131,15 +145,6 @@ class Searcher:
 
     # ------------------------------------------------------------ plumbing
 
-    def _check_sources(self, sources: Sequence[str]) -> list[str]:
-        if isinstance(sources, str):
-            sources = [sources]
-        bad = [s for s in sources if s not in SOURCES]
-        if bad or not sources:
-            raise InvalidInput(f"Unknown image source {', '.join(map(repr, bad)) or '(none given)'}; "
-                               f"choose from {', '.join(SOURCES)}.")
-        return list(dict.fromkeys(sources))
-
     def _page_size(self, provider: str) -> int:
         size = max(1, self.config.page_size)
         if provider == "openverse":
@@ -163,10 +168,8 @@ class Searcher:
         return {"max_results": size, "safesearch": "on"}
 
     async def _in_db(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Store calls are blocking: run them on the caller's DB thread (or any thread)."""
-        if self.db is not None:
-            return await asyncio.get_running_loop().run_in_executor(self.db, functools.partial(fn, *args))
-        return await asyncio.to_thread(fn, *args)
+        """Store calls are blocking: run them on the DB thread, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.db, functools.partial(fn, *args))
 
     async def _page(self, provider: str, query: str, page: int) -> tuple[list[Candidate], bool]:
         if page < 1:

@@ -362,3 +362,32 @@ def test_the_session_itself_refuses_hosts_that_resolve_to_private_addresses():
 
     asyncio.run(main())
     assert app[STATS].total == 0
+
+
+class FailingOnce(ThreadPoolExecutor):
+    """An ingest pool whose second job dies, as when a worker process is killed."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.jobs += 1
+        if self.jobs == 2:
+            raise RuntimeError("A process in the process pool was terminated abruptly")
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_one_image_that_cannot_be_processed_does_not_stop_the_download(store, db):
+    ws = store.create_workshop("birds", ["robin"])
+    app = make_app()
+
+    async def main():
+        async with serve(app) as base:
+            return await download(store, db, FailingOnce(), results(base, robin=[f"/img/r{i}.jpg" for i in range(6)]),
+                                  4, workshop_id=ws["id"])
+
+    report = asyncio.run(main())
+    assert store.counts(ws["id"]) == {"robin": 4} and report.complete
+    assert report.reasons == {"corrupt": 1}
+    assert "could not be processed" in store._rows("SELECT detail FROM rejects")[0]["detail"]
