@@ -69,26 +69,35 @@ def render_confusion(labels: Sequence[str], matrix: Sequence[Sequence[int]], tit
 
 def render_top_losses(tiles: Sequence[Tile], columns: int = 3) -> bytes:
     """A grid of the images the model got most wrong: prediction/actual, loss, probability, credit."""
+    return render_grid([(t.path, f"{t.predicted} / {t.actual}\n{t.loss:.2f} / {t.probability:.2f}", t.credit)
+                        for t in tiles], columns, title="Prediction / Actual / Loss / Probability",
+                       empty="No validation images to show")
+
+
+def render_grid(tiles: Sequence[tuple[str, str, Optional[str]]], columns: int = 3, *, title: str = "",
+                empty: str = "No images to show") -> bytes:
+    """A grid of (image path, caption, credit) tiles as PNG bytes; a missing file shows as a note."""
     if not tiles:
         fig = Figure(figsize=(4, 1.5))
-        fig.text(0.5, 0.5, "No validation images to show", ha="center", va="center")
+        fig.text(0.5, 0.5, empty, ha="center", va="center")
         return _png(fig)
     cols = min(columns, len(tiles))
     rows = math.ceil(len(tiles) / cols)
     fig = Figure(figsize=(3.2 * cols, 3.6 * rows))
-    fig.suptitle("Prediction / Actual / Loss / Probability")
-    for k, tile in enumerate(tiles):
+    if title:
+        fig.suptitle(title)
+    for k, (path, caption, credit) in enumerate(tiles):
         ax = fig.add_subplot(rows, cols, k + 1)
         try:
-            with Image.open(tile.path) as im:
+            with Image.open(path) as im:
                 im.thumbnail((256, 256))
                 ax.imshow(im.convert("RGB"))
         except OSError as exc:
-            log.warning("top-losses tile %s could not be read: %s", tile.path, exc)
+            log.warning("grid tile %s could not be read: %s", path, exc)
             ax.text(0.5, 0.5, "image missing", ha="center", va="center")
         ax.set_axis_off()
-        ax.set_title(f"{tile.predicted} / {tile.actual}\n{tile.loss:.2f} / {tile.probability:.2f}", fontsize=10)
-        if tile.credit:
-            credit = tile.credit if len(tile.credit) <= 48 else tile.credit[:47] + "…"
+        ax.set_title(caption, fontsize=10)
+        if credit:
+            credit = credit if len(credit) <= 48 else credit[:47] + "…"
             ax.text(0.5, -0.04, credit, transform=ax.transAxes, ha="center", va="top", fontsize=7, color="#555555")
     return _png(fig)

@@ -123,3 +123,27 @@ def fast_probabilities(learn, pils: list):
         logits = learn.model(xb)
     activation = getattr(learn.loss_func, "activation", None)
     return activation(logits) if activation is not None else torch.softmax(logits, dim=1)
+
+
+# ---------------------------------------------------------------- a persistent worker process
+#
+# A service keeps one process (e.g. ProcessPoolExecutor(1, initializer=warm_up_worker)) and
+# calls predict_in_worker there: the process keeps its models cached between calls.
+
+_worker_predictor: Optional[Predictor] = None
+
+
+def warm_up_worker() -> None:
+    """Import torch and fastai now, so the first prediction does not pay for it."""
+    global _worker_predictor
+    import fastai.vision.all  # noqa: F401  (the import is the warm-up)
+
+    _worker_predictor = _worker_predictor or Predictor()
+
+
+def predict_in_worker(model_path: str, expected_sha256: str, images: Sequence[bytes], k: int = 3,
+                      run_id: Optional[int] = None) -> list[Prediction]:
+    """Predictor.predict_many with this process's cached models."""
+    global _worker_predictor
+    _worker_predictor = _worker_predictor or Predictor()
+    return _worker_predictor.predict_many(model_path, expected_sha256, images, k=k, run_id=run_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -190,6 +191,20 @@ class Store:
              "error": str, "device": str, "parent_run_id": int},
             pk="id", foreign_keys=fk, not_null={"status"}, if_not_exists=True,
         )
+        # Added after the first release: where a run is announced, and which process runs it.
+        self._ensure_columns("runs", {"owner": str, "channel_id": int, "message_id": int})
+        db["downloads"].create(
+            {"id": int, "workshop_id": int, "status": str, "per_label": int, "sources": str, "requested_by": str,
+             "owner": str, "channel_id": int, "message_id": int, "created_at": str, "finished_at": str,
+             "summary": str},
+            pk="id", foreign_keys=fk, not_null={"status"}, if_not_exists=True,
+        )
+
+    def _ensure_columns(self, table: str, columns: dict[str, type]) -> None:
+        have = set(self.db[table].columns_dict)
+        for name, kind in columns.items():
+            if name not in have:
+                self.db[table].add_column(name, kind)
 
     # ------------------------------------------------------------ workshops
 
@@ -474,11 +489,16 @@ class Store:
     def audit_log(self, workshop_id: int) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM audit WHERE workshop_id = ? ORDER BY id", [workshop_id])
 
-    def undo(self, workshop_id: int, change_id: Optional[int] = None, *, who: Optional[str] = None,
-             why: str = "undo") -> list[int]:
-        """Reverse the last batch of changes (or one named change). Returns the new audit ids."""
+    def undo(self, workshop_id: int, change_id: Optional[int] = None, *, batch: Optional[str] = None,
+             who: Optional[str] = None, why: str = "undo") -> list[int]:
+        """Reverse the last batch of changes, a named batch, or one named change. Returns the new audit ids."""
         with self.transaction():
-            if change_id is None:
+            if batch is not None:
+                changes = self._rows("SELECT * FROM audit WHERE workshop_id = ? AND batch = ? AND undone_by IS NULL "
+                                     "AND action != 'undo' ORDER BY id DESC", [workshop_id, batch])
+                if not changes:
+                    raise NotFound("Those changes were undone already.")
+            elif change_id is None:
                 last = self._one("SELECT batch FROM audit WHERE workshop_id = ? AND action != 'undo' "
                                  "AND undone_by IS NULL ORDER BY id DESC LIMIT 1", [workshop_id])
                 if last is None:
@@ -523,12 +543,13 @@ class Store:
     # ------------------------------------------------------------ runs
 
     def create_run(self, workshop_id: int, params: dict[str, Any], *, requested_by: Optional[str] = None,
-                   parent_run_id: Optional[int] = None) -> int:
+                   parent_run_id: Optional[int] = None, channel_id: Optional[int] = None) -> int:
         with self.transaction():
             self.workshop(workshop_id)
             return self._insert("runs", {"workshop_id": workshop_id, "status": "queued", "params": json.dumps(params),
                                          "requested_by": requested_by, "created_at": now(),
-                                         "parent_run_id": parent_run_id})
+                                         "parent_run_id": parent_run_id, "owner": process_owner(),
+                                         "channel_id": channel_id})
 
     def run(self, run_id: int) -> dict[str, Any]:
         row = self._one("SELECT * FROM runs WHERE id = ?", [run_id])
@@ -586,14 +607,81 @@ class Store:
             snapshot = self.run(run_id)["snapshot"] or {}
             self._update("runs", run_id, {"snapshot": json.dumps({**snapshot, "items": [list(i) for i in items]})})
 
-    def interrupted_runs(self) -> list[dict[str, Any]]:
-        """Runs left queued or running by a process that stopped; marks them interrupted."""
+    def set_run_message(self, run_id: int, message_id: Optional[int]) -> None:
+        """Remember the channel message that shows this run's progress (it outlives interactions)."""
         with self.transaction():
-            rows = self._rows("SELECT id FROM runs WHERE status IN ('queued', 'running')")
+            self._update("runs", run_id, {"message_id": message_id})
+
+    def interrupted_runs(self) -> list[dict[str, Any]]:
+        """Runs left queued or running by a process that has stopped; marks them interrupted.
+
+        Runs owned by a live process (another bot, a CLI training right now) are left alone.
+        """
+        with self.transaction():
+            rows = self._rows("SELECT id, owner FROM runs WHERE status IN ('queued', 'running')")
+            rows = [r for r in rows if not owner_alive(r["owner"])]
             for r in rows:
                 self._update("runs", r["id"], {"status": "interrupted", "finished_at": now(),
                                                "error": "the trainer stopped before this run finished"})
         return [self.run(r["id"]) for r in rows]
 
+    # ------------------------------------------------------------ downloads (so one can resume after a restart)
+
+    def start_download(self, workshop_id: int, per_label: int, sources: Iterable[str], *,
+                       requested_by: Optional[str] = None, channel_id: Optional[int] = None) -> int:
+        with self.transaction():
+            self.workshop(workshop_id)
+            return self._insert("downloads", {
+                "workshop_id": workshop_id, "status": "running", "per_label": per_label,
+                "sources": ",".join(sources), "requested_by": requested_by, "owner": process_owner(),
+                "channel_id": channel_id, "created_at": now()})
+
+    def download(self, download_id: int) -> dict[str, Any]:
+        row = self._one("SELECT * FROM downloads WHERE id = ?", [download_id])
+        if row is None:
+            raise NotFound(f"There is no download {download_id}.")
+        return row
+
+    def update_download(self, download_id: int, *, status: Optional[str] = None, **values: Any) -> None:
+        if status is not None:
+            values["status"] = status
+            if status != "running":
+                values["finished_at"] = now()
+            else:
+                values["owner"] = process_owner()
+        with self.transaction():
+            self._update("downloads", download_id, values)
+
+    def active_download(self, workshop_id: int) -> Optional[dict[str, Any]]:
+        return self._one("SELECT * FROM downloads WHERE workshop_id = ? AND status = 'running' ORDER BY id DESC "
+                         "LIMIT 1", [workshop_id])
+
+    def interrupted_downloads(self) -> list[dict[str, Any]]:
+        """Downloads still marked running whose process has stopped: the ones to resume."""
+        rows = self._rows("SELECT * FROM downloads WHERE status = 'running' ORDER BY id")
+        return [r for r in rows if not owner_alive(r["owner"])]
+
+
+def process_owner() -> str:
+    """'host:pid' of this process, recorded on runs and downloads it starts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: Optional[str]) -> bool:
+    """Whether the process that recorded `owner` is still running (other hosts: assumed so)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if not host or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    if int(pid) == os.getpid():
+        return False  # this process is asking, so whoever wrote this with our pid was an earlier process
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 __all__ = ["Store", "clean_label", "label_key", "parse_labels", "MAX_LABELS", "REJECT_REASONS"]
