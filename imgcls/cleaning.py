@@ -76,7 +76,7 @@ class CleaningBoard:
             db["clean_candidates"].create(
                 {"id": int, "workshop_id": int, "run_id": int, "image_id": int, "label": str, "predicted": str,
                  "probability": float, "loss": float, "channel_id": int, "message_id": int, "status": str,
-                 "decision": str, "apply_id": int, "created_at": str},
+                 "decision": str, "apply_id": int, "created_at": str, "legend": str},
                 pk="id", foreign_keys=fk, not_null={"status"}, defaults={"status": "open"}, if_not_exists=True)
             db["clean_votes"].create({"candidate_id": int, "user_id": str, "choice": str},
                                      pk=("candidate_id", "user_id", "choice"), if_not_exists=True)
@@ -87,7 +87,9 @@ class CleaningBoard:
     # ---------------------------------------------------------- candidates
 
     def add_candidate(self, workshop_id: int, run_id: int, image_id: int, *, predicted: str,
-                      probability: float = 0.0, loss: float = 0.0, channel_id: Optional[int] = None) -> int:
+                      probability: float = 0.0, loss: float = 0.0, channel_id: Optional[int] = None,
+                      legend: Iterable[str] = ()) -> int:
+        """Put an image up for a vote; `legend` is the label order its relabel choices were shown in."""
         s = self.store
         with s.transaction():
             image = s.image(image_id)
@@ -98,7 +100,7 @@ class CleaningBoard:
             return s._insert("clean_candidates", {
                 "workshop_id": workshop_id, "run_id": run_id, "image_id": image_id, "label": image["label"],
                 "predicted": predicted, "probability": probability, "loss": loss, "channel_id": channel_id,
-                "status": "open", "created_at": now()})
+                "status": "open", "created_at": now(), "legend": json.dumps(list(legend))})
 
     def set_message(self, candidate_id: int, message_id: int) -> None:
         with self.store.transaction():
@@ -108,17 +110,18 @@ class CleaningBoard:
         row = self.store._one("SELECT * FROM clean_candidates WHERE id = ?", [candidate_id])
         if row is None:
             raise NotFound(f"There is no vote {candidate_id}.")
-        return row
+        return _decoded(row)
 
     def by_message(self, message_id: int) -> Optional[dict[str, Any]]:
-        return self.store._one("SELECT * FROM clean_candidates WHERE message_id = ? AND status = 'open'",
-                               [message_id])
+        row = self.store._one("SELECT * FROM clean_candidates WHERE message_id = ? AND status = 'open'",
+                              [message_id])
+        return _decoded(row) if row else None
 
     def open_candidates(self, workshop_id: Optional[int] = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM clean_candidates WHERE status = 'open'", []
         if workshop_id is not None:
             sql, params = sql + " AND workshop_id = ?", [workshop_id]
-        return self.store._rows(sql + " ORDER BY id", params)
+        return [_decoded(r) for r in self.store._rows(sql + " ORDER BY id", params)]
 
     def open_image_ids(self, workshop_id: int) -> set[int]:
         return {r["image_id"] for r in self.open_candidates(workshop_id)}
@@ -222,6 +225,12 @@ class CleaningBoard:
             "SELECT a.*, i.label AS current_label FROM audit a JOIN images i ON i.id = a.image_id "
             "WHERE a.workshop_id = ? AND a.at > ? AND a.action != 'undo' AND a.undone_by IS NULL ORDER BY a.id",
             [workshop_id, since])
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    row["legend"] = json.loads(row["legend"]) if row.get("legend") else []
+    row["decision"] = json.loads(row["decision"]) if row.get("decision") else None
+    return row
 
 
 __all__ = ["CleaningBoard", "Decision", "decide", "tally", "KEEP", "DELETE", "RELABEL"]

@@ -46,10 +46,11 @@ def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Option
 
 
 def prepare_run(store: Store, workshop_id: int, params: RunParams, *, requested_by: Optional[str] = None,
-                parent_run_id: Optional[int] = None) -> tuple[int, TrainSpec]:
+                parent_run_id: Optional[int] = None, channel_id: Optional[int] = None) -> tuple[int, TrainSpec]:
     """Check the dataset, create a queued run and record the exact snapshot it will train on."""
     spec = build_spec(store, workshop_id, params)
-    run_id = store.create_run(workshop_id, vars(params), requested_by=requested_by, parent_run_id=parent_run_id)
+    run_id = store.create_run(workshop_id, vars(params), requested_by=requested_by, parent_run_id=parent_run_id,
+                              channel_id=channel_id)
     spec = replace(spec, run_id=run_id, out_dir=str(store.run_dir(run_id)))
     store.record_snapshot(run_id, ((i.image_id, i.label) for i in spec.items))
     return run_id, spec

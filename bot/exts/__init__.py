@@ -1,0 +1,1 @@
+"""One extension per area of the workshop; each ends with `async def setup(bot)`."""

@@ -1,0 +1,291 @@
+"""/train, /retrain, /results, /runs and /export: training runs with live progress in the channel.
+
+A run's progress lives in an ordinary channel message whose id is stored, so it keeps
+updating after the 15-minute interaction token has expired.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from imgcls.errors import ConflictError, InvalidInput, NotFound
+from imgcls.runs import RunParams, prepare_run, record_outcome
+from imgcls.train import train
+from imgcls.types import ARCHS, Progress, to_plain
+
+from .. import render
+from ..checks import host_only, workshop_here
+from ..queue import Job, TrainQueue
+
+log = logging.getLogger(__name__)
+
+
+class RunView:
+    """What a running job's status message shows, built from progress events."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.state = "queued"
+        self.stage = ""
+        self.epochs: list[dict[str, Any]] = []
+        self.epoch = (0, 0)
+        self.batch = (0, 0)
+        self.position: Optional[int] = None
+        self._t0: Optional[float] = None
+        self._done_batches = 0
+
+    def update(self, p: Progress) -> None:
+        self.state = "training"
+        if p.kind == "stage":
+            self.stage = p.message
+        elif p.kind == "epoch_start":
+            self._t0 = self._t0 or time.monotonic()
+            self.stage = ""
+            self.epoch, self.batch = (p.epoch + 1, p.total_epochs), (0, p.total_batches)
+        elif p.kind == "batch":
+            self._done_batches += 1
+            self.batch = (p.batch, p.total_batches)
+        elif p.kind == "epoch_end" and p.metrics is not None:
+            self.epochs.append(to_plain(p.metrics))
+
+    def eta(self) -> Optional[float]:
+        if not self._t0 or not self._done_batches or not self.batch[1]:
+            return None
+        per_batch = (time.monotonic() - self._t0) / self._done_batches
+        left = (self.epoch[1] - self.epoch[0]) * self.batch[1] + (self.batch[1] - self.batch[0])
+        return per_batch * left
+
+    def text(self) -> str:
+        return render.train_status(self.run_id, state=self.state, epochs=self.epochs, stage=self.stage,
+                                   batch=self.batch, epoch=self.epoch, eta=self.eta(), position=self.position)
+
+
+class Training(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        bot.queue = TrainQueue(self._run_job, slots=bot.settings.train_slots,
+                               cap_per_guild=bot.settings.max_queue_per_guild, on_position=self._moved)
+
+    # ---------------------------------------------------------- commands
+
+    @app_commands.command(name="train", description="Train a classifier on the workshop's images")
+    @app_commands.describe(arch="Model architecture", epochs="Epochs after the first (frozen) one",
+                           size="Image size in pixels")
+    @app_commands.choices(arch=[app_commands.Choice(name=a, value=a) for a in ARCHS])
+    @app_commands.guild_only()
+    @host_only()
+    async def train_cmd(self, interaction: discord.Interaction, arch: Optional[str] = None,
+                        epochs: Optional[app_commands.Range[int, 1, 100]] = None,
+                        size: Optional[app_commands.Range[int, 64, 512]] = None) -> None:
+        ws = await workshop_here(interaction)
+        s = self.bot.settings
+        params = RunParams(arch=arch or s.default_arch, epochs=epochs or s.default_epochs, size=size or s.default_size)
+        await self._queue(interaction, ws, params, parent=None)
+
+    @app_commands.command(name="retrain", description="Train again on the cleaned data and compare with before")
+    @app_commands.guild_only()
+    @host_only()
+    async def retrain(self, interaction: discord.Interaction) -> None:
+        ws = await workshop_here(interaction)
+        before = await self.bot.db(self.bot.store.latest_run, ws["id"])
+        params = RunParams(**{k: v for k, v in (before["params"] or {}).items() if k in RunParams.__dataclass_fields__})
+        await self._queue(interaction, ws, params, parent=before)
+
+    async def _queue(self, interaction: discord.Interaction, ws: dict, params: RunParams,
+                     parent: Optional[dict]) -> None:
+        if params.epochs > self.bot.settings.max_epochs:
+            raise InvalidInput(f"This bot allows at most {self.bot.settings.max_epochs} epochs.")
+        queue = self.bot.queue
+        if queue.jobs_for(ws["id"]):
+            raise ConflictError("This workshop already has a run queued or training; wait for it to finish.")
+        if queue.waiting_in(interaction.guild_id) >= queue.cap:
+            raise ConflictError(f"This server already has {queue.cap} runs waiting; try again when one has started.")
+        run_id, spec = await self.bot.db(prepare_run, self.bot.store, ws["id"], params,
+                                         requested_by=str(interaction.user.id),
+                                         parent_run_id=parent["id"] if parent else None,
+                                         channel_id=interaction.channel_id)
+        payload = {"spec": spec, "channel": interaction.channel, "requester": interaction.user.id,
+                   "parent": parent, "ready": asyncio.Event(), "view": RunView(run_id)}
+        job = Job(run_id, interaction.guild_id, ws["id"], payload)
+        try:
+            position = queue.submit(job)
+        except ConflictError:
+            await self.bot.db(self.bot.store.mark_run, run_id, "cancelled", error="the queue was full")
+            raise
+        what = "Retraining on the cleaned data" if parent else "Training"
+        where = "starting now" if position == 0 else f"queued at position {position}"
+        await interaction.response.send_message(
+            f"{what}: run {run_id} ({params.arch}, {params.epochs} epochs, {params.size} px, "
+            f"{len(spec.items)} images) is {where}. Progress below.")
+        view = payload["view"]
+        view.position = position or None
+        try:
+            message = await interaction.channel.send(view.text())
+            payload["message"] = message
+            await self.bot.db(self.bot.store.set_run_message, run_id, message.id)
+        finally:
+            payload["ready"].set()
+
+    async def _moved(self, job: Job) -> None:
+        """A waiting run's position changed: show it."""
+        await job.payload["ready"].wait()
+        view, message = job.payload["view"], job.payload.get("message")
+        if job.position and message is not None:
+            view.position = job.position
+            await message.edit(content=view.text())
+
+    # ---------------------------------------------------------- the job
+
+    async def _run_job(self, job: Job) -> None:
+        p = job.payload
+        await p["ready"].wait()
+        view: RunView = p["view"]
+        view.position, view.state = None, "starting"
+        message = p.get("message")
+        store, loop = self.bot.store, asyncio.get_running_loop()
+        await self.bot.db(store.mark_run, job.run_id, "running")
+        events: asyncio.Queue = asyncio.Queue()
+        future = self.bot.trainer.submit(train, p["spec"], timeout=self.bot.settings.train_timeout,
+                                         progress=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        done = asyncio.wrap_future(future)
+        await self._edit(message, view.text())
+        last = 0.0
+        try:
+            while not done.done():
+                getter = asyncio.ensure_future(events.get())
+                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                view.update(getter.result())
+                while not events.empty():
+                    view.update(events.get_nowait())
+                if time.monotonic() - last >= self.bot.settings.progress_interval:
+                    last = time.monotonic()
+                    await self._edit(message, view.text())
+        except asyncio.CancelledError:
+            future.cancel()  # stops the worker process; the run stays 'running' and is announced after a restart
+            raise
+        while not events.empty():
+            view.update(events.get_nowait())
+        run = await self.bot.db(record_outcome, store, job.run_id, future)
+        await self._finish(job, run, view, message)
+
+    async def _edit(self, message: Optional[discord.Message], text: str) -> None:
+        if message is None:
+            return
+        try:
+            await message.edit(content=text)
+        except discord.HTTPException as exc:
+            log.warning("run status edit failed: %s", exc)
+
+    async def _finish(self, job: Job, run: dict, view: RunView, message: Optional[discord.Message]) -> None:
+        channel, mention = job.payload["channel"], f"<@{job.payload['requester']}>"
+        if run["status"] != "done":
+            view.state = run["status"]
+            await self._edit(message, view.text())
+            await channel.send(f"{mention} run {run['id']} {run['status']}: {run['error'] or 'no reason given'}",
+                               allowed_mentions=discord.AllowedMentions(users=True))
+            return
+        view.state, view.stage, view.epoch = f"done, accuracy {run['metrics']['accuracy']:.1%}", "", (0, 0)
+        await self._edit(message, view.text())
+        await self.post_results(channel, run, mention=mention)
+        parent = job.payload.get("parent")
+        if parent:
+            changes = await self.bot.db(self.bot.board.changes_since, run["workshop_id"], parent["created_at"])
+            files = [f for f in (self._png(parent, "confusion", f"before-run{parent['id']}-confusion.png"),
+                                 self._png(run, "confusion", f"after-run{run['id']}-confusion.png")) if f]
+            await channel.send(render.before_after(parent, run, changes), files=files)
+
+    def _png(self, run: dict, key: str, name: str) -> Optional[discord.File]:
+        path = (run.get("artefacts") or {}).get(key)
+        if not path or not Path(path).is_file():
+            return None
+        return discord.File(io.BytesIO(Path(path).read_bytes()), name)
+
+    async def post_results(self, channel: Any, run: dict, mention: str = "") -> None:
+        files = [f for f in (self._png(run, "confusion", f"run{run['id']}-confusion.png"),
+                             self._png(run, "top_losses", f"run{run['id']}-top-losses.png")) if f]
+        await channel.send(render.run_results(run, mention), files=files,
+                           allowed_mentions=discord.AllowedMentions(users=True))
+
+    async def recover(self) -> None:
+        """Runs a restart interrupted are marked and announced in their channel."""
+        for run in await self.bot.db(self.bot.store.interrupted_runs):
+            try:
+                ws = await self.bot.db(self.bot.store.workshop, run["workshop_id"])
+                channel = self.bot.get_channel(run["channel_id"] or ws["channel_id"])
+                if channel is None:
+                    continue
+                await channel.send(f"Run {run['id']} was interrupted when the bot restarted; "
+                                   "a host can start it again with `/train`.")
+            except Exception:
+                log.exception("could not announce interrupted run %s", run["id"])
+
+    # ---------------------------------------------------------- results, history, export
+
+    @app_commands.command(name="results", description="Post a run's results again (default: the latest)")
+    @app_commands.guild_only()
+    async def results(self, interaction: discord.Interaction, run: Optional[int] = None) -> None:
+        row = await self._run_here(interaction, run)
+        await interaction.response.defer(thinking=True)
+        files = [f for f in (self._png(row, "confusion", f"run{row['id']}-confusion.png"),
+                             self._png(row, "top_losses", f"run{row['id']}-top-losses.png")) if f]
+        await interaction.followup.send(render.run_results(row), files=files)
+
+    async def _run_here(self, interaction: discord.Interaction, run_id: Optional[int]) -> dict:
+        ws = await workshop_here(interaction)
+        if run_id is None:
+            return await self.bot.db(self.bot.store.latest_run, ws["id"])
+        try:
+            row = await self.bot.db(self.bot.store.run, run_id)
+        except NotFound:
+            row = None
+        if row is None or row["workshop_id"] != ws["id"]:
+            raise NotFound(f"This workshop has no run {run_id}; `/runs` lists them.")
+        if row["status"] != "done":
+            raise NotFound(f"Run {run_id} is {row['status']}" + (f": {row['error']}" if row["error"] else "") + ".")
+        return row
+
+    @app_commands.command(name="runs", description="The workshop's training runs")
+    @app_commands.guild_only()
+    async def runs(self, interaction: discord.Interaction) -> None:
+        ws = await workshop_here(interaction)
+        rows = await self.bot.db(self.bot.store.runs, ws["id"])
+        names = {str(r["requested_by"]): f"<@{r['requested_by']}>" for r in rows if r.get("requested_by")}
+        await interaction.response.send_message(render.runs_list(rows, names),
+                                                allowed_mentions=discord.AllowedMentions.none())
+
+    @app_commands.command(name="export", description="Download the latest trained model (a fastai export)")
+    @app_commands.guild_only()
+    @host_only()
+    async def export(self, interaction: discord.Interaction, run: Optional[int] = None) -> None:
+        row = await self._run_here(interaction, run)
+        path = Path(row["model_path"] or "")
+        size = path.stat().st_size if path.is_file() else 0
+        if not size:
+            raise NotFound(f"Run {row['id']}'s model file is missing; retrain to make a new one.")
+        limit = interaction.filesize_limit
+        if size > limit:
+            await interaction.response.send_message(
+                f"Run {row['id']}'s model is {size / 1e6:.1f} MB, over this server's {limit / 1e6:.0f} MB upload "
+                f"limit, so I can't attach it. It is on the bot's host at `runs/{row['id']}/model.pkl` "
+                f"(sha256 `{row['model_sha256'][:16]}…`).", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+        await interaction.followup.send(
+            f"Run {row['id']}'s model ({size / 1e6:.1f} MB; load it with fastai's `load_learner`; "
+            f"sha256 `{row['model_sha256']}`).", file=discord.File(io.BytesIO(data), f"run{row['id']}-model.pkl"))
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Training(bot))

@@ -1,0 +1,119 @@
+"""/workshop start|status|reset and /labels add|remove|list."""
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from imgcls.errors import InvalidInput, NotFound
+from imgcls.store import parse_labels
+
+from .. import render
+from ..checks import host_only, label_autocomplete, workshop_here
+
+log = logging.getLogger(__name__)
+
+
+class Workshop(commands.Cog):
+    workshop = app_commands.Group(name="workshop", description="Start, inspect or reset this channel's workshop",
+                                  guild_only=True)
+    labels = app_commands.Group(name="labels", description="The labels the classifier learns", guild_only=True)
+
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    # ---------------------------------------------------------- /workshop
+
+    @workshop.command(name="start", description="Start a workshop in this channel with some labels")
+    @app_commands.describe(name="A name for the workshop", labels="Comma-separated labels, e.g. sunflowers, lavender, roses")
+    @host_only()
+    async def start(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100],
+                    labels: app_commands.Range[str, 1, 1000]) -> None:
+        names = parse_labels(labels)
+        if len(names) > self.bot.settings.max_labels:
+            raise InvalidInput(f"This bot allows at most {self.bot.settings.max_labels} labels; you gave {len(names)}.")
+        ws = await self.bot.db(self.bot.store.create_workshop, name, names, guild_id=interaction.guild_id,
+                               channel_id=interaction.channel_id, host_id=interaction.user.id)
+        got = await self.bot.db(self.bot.store.labels, ws["id"])
+        await interaction.response.send_message(
+            f"Workshop **{ws['name']}** started by {interaction.user.mention} with labels: "
+            f"{', '.join(f'**{label}**' for label in got) or '(none yet: add some with `/labels add`)'}.\n"
+            "Next: a host runs `/images download`, anyone can add photos with `/images add`, then `/train`.")
+
+    @workshop.command(name="status", description="Labels, image counts, runs, the queue and the model in use")
+    async def status(self, interaction: discord.Interaction) -> None:
+        ws = await workshop_here(interaction)
+        store = self.bot.store
+        counts = await self.bot.db(store.counts, ws["id"])
+        runs = await self.bot.db(store.runs, ws["id"])
+        download = await self.bot.db(store.active_download, ws["id"])
+        done = [r for r in runs if r["status"] == "done"]
+        lines = [f"**{ws['name']}** — {sum(counts.values())} images", render.counts_block(counts)]
+        if done:
+            m = done[-1]["metrics"] or {}
+            lines.append(f"Model in use: run {done[-1]['id']} ({(done[-1]['params'] or {}).get('arch')}, "
+                         f"accuracy {m.get('accuracy', 0):.1%}).")
+        else:
+            lines.append("No trained model yet.")
+        jobs = self.bot.queue.jobs_for(ws["id"])
+        for job in jobs:
+            lines.append(f"Run {job.run_id}: " + ("training now." if job.position == 0 else
+                                                   f"queued, position {job.position}."))
+        lines.append(f"Queue on this server: {self.bot.queue.waiting_in(interaction.guild_id)} waiting, "
+                     f"{len(self.bot.queue.running)} training on {self.bot.settings.train_slots} slot(s).")
+        if download:
+            lines.append(f"A download of {download['per_label']} per label is running.")
+        if runs:
+            lines.append("Recent runs:\n" + render.runs_list(runs[-3:], {}))
+        await interaction.response.send_message(render.clip("\n".join(lines)))
+
+    @workshop.command(name="reset", description="Archive this channel's workshop (nothing is deleted)")
+    @app_commands.describe(confirm="Type the workshop's name to confirm")
+    @host_only()
+    async def reset(self, interaction: discord.Interaction, confirm: str) -> None:
+        ws = await workshop_here(interaction)
+        if confirm.strip().casefold() != ws["name"].casefold():
+            raise InvalidInput(f"To archive the workshop, type its name exactly: `/workshop reset confirm:{ws['name']}`.")
+        if self.bot.queue.jobs_for(ws["id"]):
+            raise InvalidInput("A training run for this workshop is queued or running; wait for it to finish.")
+        await self.bot.db(self.bot.store.archive_workshop, ws["id"], who=str(interaction.user.id))
+        await interaction.response.send_message(
+            f"Workshop **{ws['name']}** is archived: its images, runs and votes are kept in the database. "
+            "Start a new one with `/workshop start`.")
+
+    # ---------------------------------------------------------- /labels
+
+    @labels.command(name="add", description="Add labels (comma-separated)")
+    @app_commands.describe(labels="e.g. tulips, daisies")
+    @host_only()
+    async def labels_add(self, interaction: discord.Interaction, labels: app_commands.Range[str, 1, 1000]) -> None:
+        ws = await workshop_here(interaction)
+        names = parse_labels(labels)
+        have = await self.bot.db(self.bot.store.labels, ws["id"])
+        if len(have) + len(names) > self.bot.settings.max_labels:
+            raise InvalidInput(f"This bot allows at most {self.bot.settings.max_labels} labels per workshop.")
+        added = await self.bot.db(self.bot.store.add_labels, ws["id"], names)
+        await interaction.response.send_message(f"Added {', '.join(f'**{x}**' for x in added)}.")
+
+    @labels.command(name="remove", description="Remove a label (its images are soft-deleted, undoably)")
+    @app_commands.autocomplete(label=label_autocomplete)
+    @host_only()
+    async def labels_remove(self, interaction: discord.Interaction, label: str) -> None:
+        ws = await workshop_here(interaction)
+        n = await self.bot.db(self.bot.store.remove_label, ws["id"], label, who=str(interaction.user.id))
+        await interaction.response.send_message(
+            f"Removed **{label}**" + (f"; its {n} images are set aside (deleted, recoverable)." if n else "."))
+
+    @labels.command(name="list", description="The labels and how many images each has")
+    async def labels_list(self, interaction: discord.Interaction) -> None:
+        ws = await workshop_here(interaction)
+        counts = await self.bot.db(self.bot.store.counts, ws["id"])
+        if not counts:
+            raise NotFound("This workshop has no labels yet; add some with `/labels add`.")
+        await interaction.response.send_message(render.counts_block(counts), ephemeral=True)
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Workshop(bot))

@@ -1,0 +1,197 @@
+"""Text the bot posts: plain functions of plain data, so they are easy to test and reuse."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from imgcls.cleaning import DELETE, KEEP, RELABEL, tally
+from imgcls.types import REJECT_REASONS
+
+log = logging.getLogger(__name__)
+
+KEEP_EMOJI, DELETE_EMOJI = "✅", "🗑️"
+LABEL_EMOJI = ("1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣", "7️⃣", "8️⃣", "9️⃣", "🔟",
+               "🇦", "🇧", "🇨", "🇩", "🇪", "🇫", "🇬", "🇭", "🇮", "🇯")  # 20 labels at most
+MESSAGE_LIMIT = 2000
+
+
+def bar(done: int, total: int, width: int = 16) -> str:
+    total = max(total, 1)
+    filled = round(width * min(done, total) / total)
+    return "█" * filled + "░" * (width - filled)
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def seconds(s: Optional[float]) -> str:
+    if s is None:
+        return "?"
+    s = int(round(s))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+# ---------------------------------------------------------------- workshop and images
+
+
+def counts_block(counts: Mapping[str, int], target: Optional[int] = None) -> str:
+    width = max((len(k) for k in counts), default=5)
+    lines = []
+    for label, n in counts.items():
+        lines.append(f"{label:<{width}}  {bar(n, target)} {n}/{target}" if target else f"{label:<{width}}  {n:>4}")
+    return "```\n" + ("\n".join(lines) or "(no labels)") + "\n```"
+
+
+def reasons_line(reasons: Mapping[str, int]) -> str:
+    if not reasons:
+        return ""
+    parts = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "Refused: " + ", ".join(f"{n} {REJECT_REASONS.get(r, r)}" for r, n in parts)
+
+
+def download_progress(labels: Sequence[Any], *, done: bool = False, note: str = "") -> str:
+    """labels: DownloadProgress-like objects (label, stored, rejected, target, reasons)."""
+    width = max((len(p.label) for p in labels), default=5)
+    rows = [f"{p.label:<{width}}  {bar(p.stored, p.target)} {p.stored}/{p.target}"
+            + (f"  ({p.rejected} refused)" if p.rejected else "") for p in labels]
+    reasons: dict[str, int] = {}
+    for p in labels:
+        for r, n in p.reasons:
+            reasons[r] = reasons.get(r, 0) + n
+    head = "**Download finished**" if done else "**Downloading images…**"
+    body = "\n".join(x for x in (head, "```\n" + "\n".join(rows) + "\n```", reasons_line(reasons), note) if x)
+    return clip(body)
+
+
+# ---------------------------------------------------------------- training
+
+
+def epoch_table(epochs: Iterable[Mapping[str, Any]]) -> str:
+    rows = [f"{'epoch':>5} {'phase':<8} {'train':>7} {'valid':>7} {'acc':>6} {'time':>6}"]
+    for e in epochs:
+        rows.append(f"{e['epoch']:>5} {e['phase']:<8} {e['train_loss']:>7.4f} {e['valid_loss']:>7.4f} "
+                    f"{e['accuracy']:>6.3f} {seconds(e['seconds']):>6}")
+    return "```\n" + "\n".join(rows) + "\n```"
+
+
+def train_status(run_id: int, *, state: str, epochs: Sequence[Mapping[str, Any]] = (), stage: str = "",
+                 batch: tuple[int, int] = (0, 0), epoch: tuple[int, int] = (0, 0), eta: Optional[float] = None,
+                 position: Optional[int] = None) -> str:
+    lines = [f"**Run {run_id}** — {state}"]
+    if position:
+        lines[0] += f" (position {position} in the queue)"
+    if stage:
+        lines.append(stage)
+    if epoch[1]:
+        lines.append(f"epoch {epoch[0]}/{epoch[1]}  {bar(*batch)} batch {batch[0]}/{batch[1]}"
+                     + (f"  ETA {seconds(eta)}" if eta is not None else ""))
+    if epochs:
+        lines.append(epoch_table(epochs))
+    return clip("\n".join(lines))
+
+
+def pairs_line(most_confused: Sequence[Sequence[Any]]) -> str:
+    if not most_confused:
+        return "No confusions in the validation set."
+    return "Most confused: " + ", ".join(f"{a} → {b} ({n}×)" for a, b, n in most_confused[:5])
+
+
+def run_results(run: Mapping[str, Any], mention: str = "") -> str:
+    m = run.get("metrics") or {}
+    head = f"{mention} " if mention else ""
+    text = (f"{head}**Run {run['id']} finished**: accuracy **{m.get('accuracy', 0):.1%}** on "
+            f"{m.get('n_valid', '?')} validation images ({m.get('n_train', '?')} for training, "
+            f"{(run.get('params') or {}).get('arch', '?')}, {seconds(m.get('seconds'))}).\n"
+            f"{epoch_table(run.get('epochs') or [])}{pairs_line(run.get('most_confused') or [])}")
+    return clip(text)
+
+
+def runs_list(runs: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> str:
+    if not runs:
+        return "No runs yet; a host can start one with `/train`."
+    lines = []
+    for r in runs[-15:]:
+        m = r.get("metrics") or {}
+        size = len((r.get("snapshot") or {}).get("items") or [])
+        acc = f"{m['accuracy']:.1%}" if "accuracy" in m else r["status"]
+        who = names.get(str(r.get("requested_by")), "someone")
+        when = (r.get("finished_at") or r.get("created_at") or "")[:16].replace("T", " ")
+        lines.append(f"run {r['id']}: {acc}, {size} images, {(r.get('params') or {}).get('arch', '?')}, "
+                     f"{when} UTC, by {who}" + (" (retrain)" if r.get("parent_run_id") else ""))
+    return clip("\n".join(lines))
+
+
+def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: Sequence[Mapping[str, Any]]) -> str:
+    a0 = (before.get("metrics") or {}).get("accuracy", 0.0)
+    a1 = (after.get("metrics") or {}).get("accuracy", 0.0)
+    lines = [f"**Before/after cleaning**: run {before['id']} {a0:.1%} → run {after['id']} {a1:.1%} "
+             f"({(a1 - a0) * 100:+.1f} points)."]
+    n0 = len((before.get("snapshot") or {}).get("items") or [])
+    n1 = len((after.get("snapshot") or {}).get("items") or [])
+    lines.append(f"Dataset: {n0} → {n1} images.")
+    if changes:
+        lines.append("Cleaned images:")
+        for c in changes[:20]:
+            what = "deleted" if c["action"] == "delete" else f"relabelled {c['old']} → {c['new']}"
+            lines.append(f"• image {c['image_id']}: {what}")
+        if len(changes) > 20:
+            lines.append(f"…and {len(changes) - 20} more.")
+    else:
+        lines.append("No images were cleaned between the two runs.")
+    return clip("\n".join(lines))
+
+
+# ---------------------------------------------------------------- voting
+
+
+def choice_emoji(labels: Sequence[str]) -> dict[str, str]:
+    """{emoji: choice} for a vote message: keep, delete and one number per label."""
+    out = {KEEP_EMOJI: KEEP, DELETE_EMOJI: DELETE}
+    out.update({LABEL_EMOJI[i]: RELABEL + label for i, label in enumerate(labels[: len(LABEL_EMOJI)])})
+    return out
+
+
+def candidate_text(cand: Mapping[str, Any], labels: Sequence[str], votes: Mapping[str, Iterable[str]],
+                   credit: str = "", outcome: str = "") -> str:
+    legend = " · ".join(f"{e} {c[len(RELABEL):] if c.startswith(RELABEL) else c}"
+                        for e, c in choice_emoji(labels).items())
+    counts = tally(votes)
+    shown = {e: counts.get(c, 0) for e, c in choice_emoji(labels).items()}
+    tally_line = " ".join(f"{e} {n}" for e, n in shown.items() if n) or "no votes yet"
+    lines = [f"**Vote {cand['id']}** — image {cand['image_id']}, labelled **{cand['label']}**; "
+             f"the model says **{cand['predicted']}** ({cand.get('probability') or 0:.0%}).",
+             f"React to vote: {legend}",
+             f"Votes ({len(votes)} people): {tally_line}"]
+    if credit:
+        lines.append(f"-# {credit}")
+    if outcome:
+        lines.append(f"**Closed:** {outcome}")
+    return clip("\n".join(lines))
+
+
+def outcome_text(result: Mapping[str, Any]) -> str:
+    if result["action"] == "delete":
+        return f"deleted ({result['votes']} of {result['voters']} votes)"
+    if result["action"] == "relabel":
+        return f"relabelled {result['old_label']} → {result['label']} ({result['votes']} of {result['voters']} votes)"
+    return f"kept ({result['why'] or 'majority keep'})"
+
+
+def apply_summary(summary: Mapping[str, Any]) -> str:
+    lines = [f"**Clean-up applied**: {summary['deleted']} deleted, {summary['relabelled']} relabelled, "
+             f"{summary['kept']} kept. `/clean undo` reverts it; `/retrain` trains on the cleaned data."]
+    for r in summary["results"]:
+        lines.append(f"• image {r['image_id']}: {outcome_text(r)}")
+    return clip("\n".join(lines))
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def prediction_text(pred: Any, threshold: float, name: str = "") -> str:
+    top = "\n".join(f"{i + 1}. **{label}** {p:.1%}" for i, (label, p) in enumerate(pred.top))
+    verdict = (f"Not sure — my best guess is **{pred.label}** ({pred.probability:.0%})."
+               if pred.probability < threshold else f"That looks like **{pred.label}**.")
+    head = f"`{name}`: " if name else ""
+    return clip(f"{head}{verdict}\n{top}\n-# model from run {pred.run_id}")

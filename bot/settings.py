@@ -1,0 +1,142 @@
+"""Settings: the only module that reads the environment (and `.env`).
+
+Every field has an environment variable of the same name in capitals; `.env.example`
+documents each one, and a test keeps the two in step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping, Optional
+
+from imgcls.types import ARCHS, SOURCES
+
+log = logging.getLogger(__name__)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: str = ""
+    data_dir: str = "data"
+    log_level: str = "INFO"
+    default_arch: str = "lite0"
+    default_size: int = 224
+    default_epochs: int = 3
+    host_role: str = ""
+    dev_guild_id: Optional[int] = None
+    message_content_intent: bool = False
+    executor: str = "process"
+    train_slots: int = 1
+    train_timeout: float = 3600.0
+    max_images_per_label: int = 200
+    max_labels: int = 20
+    max_epochs: int = 20
+    max_queue_per_guild: int = 3
+    vote_quorum: int = 2
+    clean_count: int = 6
+    reaction_pace: float = 0.25
+    confidence_threshold: float = 0.6
+    progress_interval: float = 3.0
+    download_sources: str = "openverse,wikimedia"
+    download_allow: str = ""
+    openverse_url: str = "https://api.openverse.org"
+    wikimedia_url: str = "https://commons.wikimedia.org/w/api.php"
+    openverse_client_id: str = ""
+    openverse_client_secret: str = ""
+
+    def __repr__(self) -> str:  # never show the token, even in a traceback
+        shown = ", ".join(f"{f.name}={'***' if 'token' in f.name or 'secret' in f.name else getattr(self, f.name)!r}"
+                          for f in fields(self))
+        return f"Settings({shown})"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines; blank lines and # comments ignored; values may be quoted."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SettingsError(f"{path}:{n}: expected KEY=value.")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip().removeprefix("export ").strip()] = value
+    return out
+
+
+def _convert(name: str, kind: str, raw: str):
+    raw = raw.strip()
+    try:
+        if kind in ("int", "Optional[int]"):
+            return int(raw) if raw else None if kind.startswith("Optional") else 0
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid {kind.replace('Optional[', '').rstrip(']')}.") from None
+    return raw
+
+
+def load_settings(environ: Optional[Mapping[str, str]] = None, env_file: Optional[Path] = Path(".env")) -> Settings:
+    """Settings from `.env` overridden by the environment; checked, with errors that say what to fix."""
+    values = read_env_file(env_file) if env_file else {}
+    values.update(os.environ if environ is None else environ)
+    kwargs = {}
+    for f in fields(Settings):
+        raw = values.get(f.name.upper())
+        if raw is not None:
+            kwargs[f.name] = _convert(f.name, str(f.type), raw)
+    s = Settings(**kwargs)
+    check(s)
+    return s
+
+
+def check(s: Settings) -> None:
+    if s.default_arch not in ARCHS:
+        raise SettingsError(f"DEFAULT_ARCH must be one of {', '.join(ARCHS)}.")
+    if s.executor != "process":
+        raise SettingsError("EXECUTOR must be 'process' (training in a local worker process).")
+    bad = [x for x in s.download_sources.split(",") if x.strip() and x.strip() not in SOURCES]
+    if bad:
+        raise SettingsError(f"DOWNLOAD_SOURCES has unknown sources {', '.join(bad)}; choose from {', '.join(SOURCES)}.")
+    for name in ("train_slots", "max_images_per_label", "max_labels", "max_epochs", "max_queue_per_guild",
+                 "vote_quorum", "clean_count", "default_epochs"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{name.upper()} must be at least 1.")
+    if not 64 <= s.default_size <= 512:
+        raise SettingsError("DEFAULT_SIZE must be between 64 and 512 pixels.")
+    if not 0 <= s.confidence_threshold <= 1:
+        raise SettingsError("CONFIDENCE_THRESHOLD must be between 0 and 1.")
+    if s.progress_interval < 0 or s.train_timeout <= 0:
+        raise SettingsError("PROGRESS_INTERVAL must be >= 0 and TRAIN_TIMEOUT > 0 seconds.")
+
+
+TOKEN_HELP = """\
+DISCORD_TOKEN is not set, so the bot cannot log in.
+
+1. Open https://discord.com/developers/applications, choose "New Application", then "Bot",
+   and "Reset Token" to copy the bot's token.
+2. Put it in .env (copy .env.example) as DISCORD_TOKEN=... or export it in the environment.
+3. Invite the bot with the OAuth2 URL generator: scopes "bot" and "applications.commands";
+   bot permissions "Send Messages", "Attach Files", "Add Reactions", "Read Message History"
+   (and "View Channels"). The permissions integer is 101440.
+4. Optional: set DEV_GUILD_ID to your test server's id so slash commands appear at once.
+   Auto-classifying every posted image also needs the Message Content intent switched on
+   under "Bot" and MESSAGE_CONTENT_INTENT=true.
+"""
