@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class Cleaning(commands.Cog):
     clean = app_commands.Group(name="clean", description="Vote on the images the model found hardest",
-                               guild_only=True)
+                               guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
 
     def __init__(self, bot) -> None:
         self.bot = bot

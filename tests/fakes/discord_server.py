@@ -47,7 +47,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import WSMsgType, web
 
@@ -201,16 +201,13 @@ class Attachment:
     content_type: str | None
     url: str
     description: str | None = None
+    width: int | None = None  # images only
+    height: int | None = None
 
     def payload(self) -> dict:
-        p = {"id": str(self.id), "filename": self.filename, "size": len(self.data), "url": self.url,
-             "proxy_url": self.url, "content_type": self.content_type, "description": self.description}
-        try:
-            from PIL import Image
-            p["width"], p["height"] = Image.open(io.BytesIO(self.data)).size
-        except Exception:
-            pass
-        return p
+        return {"id": str(self.id), "filename": self.filename, "size": len(self.data), "url": self.url,
+                "proxy_url": self.url, "content_type": self.content_type, "description": self.description,
+                "width": self.width, "height": self.height}
 
 
 @dataclass(eq=False)
@@ -494,6 +491,11 @@ class FakeDiscord:
             ctype = upload.content_type
         att = Attachment(aid, upload.filename, upload.data, ctype,
                          f"{self.url}/attachments/{channel.id}/{aid}/{upload.filename}", description)
+        try:
+            from PIL import Image
+            att.width, att.height = Image.open(io.BytesIO(att.data)).size
+        except Exception:
+            pass
         self._files[aid] = att
         return att
 
@@ -542,8 +544,9 @@ class FakeDiscord:
         data = {"user_id": str(user.id), "channel_id": str(msg.channel.id), "message_id": str(msg.id),
                 "guild_id": str(guild.id), "emoji": emoji_payload(key), "type": 0, "burst": False}
         if add:
-            data |= {"member": guild.members[user.id].payload(), "message_author_id": str(msg.author.id),
-                     "burst_colors": []}
+            data |= {"message_author_id": str(msg.author.id), "burst_colors": []}
+            if user.id in guild.members:
+                data["member"] = guild.members[user.id].payload()
         self._dispatch("MESSAGE_REACTION_ADD" if add else "MESSAGE_REACTION_REMOVE", lambda: data)
 
     def command(self, name: str, guild: Guild | None = None, type: int = 1) -> dict:
@@ -589,7 +592,8 @@ class FakeDiscord:
         options = {focused: "", **(options or {})}
         ix = await self.slash(user, channel, name, options, _focused=focused)
         callback = await ix.wait_response(timeout)
-        assert callback["type"] == 8, callback
+        if callback["type"] != 8:
+            raise AssertionError(f"expected an autocomplete result, got {callback}")
         return callback["data"]["choices"]
 
     async def context_menu(self, user: User, channel: Channel, name: str, target: Message | User) -> Interaction:
@@ -654,7 +658,7 @@ class FakeDiscord:
         if user.id not in guild.members:
             raise ValueError(f"{user.name} is not a member of {guild.name}")
         member = guild.members[user.id]
-        ix = Interaction(self, self.snowflake(), f"aW50:{secrets.token_urlsafe(32)}", kind, user, channel)
+        ix = Interaction(self, self.snowflake(), f"aW50{secrets.token_urlsafe(32)}", kind, user, channel)
         ix.payload = {
             "id": str(ix.id), "application_id": str(self.app_id), "type": kind, "data": data, "token": ix.token,
             "version": 1, "guild_id": str(guild.id), "guild": {"id": str(guild.id), "locale": "en-US", "features": []},
@@ -670,7 +674,8 @@ class FakeDiscord:
     # ---- gateway
     def _dispatch(self, event: str, data: Callable[[], dict]) -> None:
         """Send a dispatch in the current session (none before IDENTIFY); kept for replay on RESUME."""
-        if self._session_id is None or not (self.identify or {}).get("intents", -1) & INTENTS.get(event, -1):
+        need = INTENTS.get(event, 0)
+        if self._session_id is None or need and not (self.identify or {}).get("intents", 0) & need:
             return self._changed()
         self._seq += 1
         frame = {"op": 0, "t": event, "s": self._seq, "d": data()}
@@ -742,13 +747,13 @@ class FakeDiscord:
             conn.sent_seq = max(conn.sent_seq, frame.get("s") or 0)
             self._changed()
 
-    async def reconnect(self, timeout: float = 10.0) -> None:
-        """Ask the client to reconnect (op 7) and wait until it has RESUMEd on a new connection."""
-        old = self._conn
-        resumes = sum(f.get("op") == 6 for f in self.gateway_received)
+    def reconnect(self, timeout: float = 10.0) -> Awaitable[Any]:
+        """Send RECONNECT (op 7) now; await the result to wait until the client RESUMEd on a new connection.
+        Dispatches made before that are replayed to it."""
+        old, resumes = self._conn, sum(f.get("op") == 6 for f in self.gateway_received)
         old.queue.put_nowait({"op": 7, "d": None})
-        await self.wait_for(lambda: self._conn not in (None, old) and
-                            sum(f.get("op") == 6 for f in self.gateway_received) > resumes, timeout)
+        return self.wait_for(lambda: self._conn not in (None, old) and
+                             sum(f.get("op") == 6 for f in self.gateway_received) > resumes, timeout)
 
     # ---- HTTP plumbing
     @staticmethod
@@ -967,7 +972,8 @@ class FakeDiscord:
 
     async def _history(self, r: Request, cid: str) -> list:
         msgs = [m for m in self.messages(self._get(self.channels, cid, 10003, "Channel")) if not m.ephemeral]
-        limit, q = min(int(r.query.get("limit", 50)), 100), {k: int(v) for k, v in r.query.items() if k != "limit"}
+        limit = min(int(r.query.get("limit", 50)), 100)
+        q = {k: int(v) for k, v in r.query.items() if k in ("before", "after", "around")}
         if "after" in q:
             msgs = [m for m in msgs if m.id > q["after"]][:limit]
         elif "around" in q:

@@ -1,0 +1,130 @@
+"""Train, results, vote by reactions (several users, added and removed, some while the bot is offline),
+apply, undo, retrain with before/after, classify pasted images — a real lite0 run under SimCord."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from imgcls.cleaning import CleaningBoard
+from imgcls.store import Store
+
+from .conftest import LABELS, make_bot, photo, seed_images
+
+pytestmark = pytest.mark.simcord(settle_timeout=240)
+
+
+def bot_messages(world):
+    return [m for m in world.channel.history() if m.author.id == world.env.bot.user.id]
+
+
+async def test_a_workshop_from_training_to_cleaning_to_prediction(world, settings, workers, tmp_path):
+    env, ch = world.env, world.channel
+    await world.host.slash(ch, "workshop start", name="Shapes", labels=", ".join(LABELS))
+    seed_images(settings, tmp_path, "Shapes", per_label=8)
+
+    # /train answers at once with the queue position; the run's status message follows along
+    result = await world.host.slash(ch, "train", epochs=1, size=64)
+    assert "run 1" in result.response.content and "starting now" in result.response.content
+    posted = bot_messages(world)
+    status = next(m for m in posted if m.content.startswith("**Run 1**"))
+    assert "done, accuracy" in status.content and "epoch" in status.content
+    results = next(m for m in posted if "**Run 1 finished**" in m.content)
+    assert f"<@{world.host.id}>" in results.content
+    assert "Most confused" in results.content or "No confusions" in results.content
+    assert sorted(a.filename for a in results.attachments) == ["run1-confusion.png", "run1-top-losses.png"]
+    for attachment in results.attachments:
+        assert (await attachment.read()).startswith(b"\x89PNG")
+
+    runs = await world.alice.slash(ch, "runs")
+    assert "run 1:" in runs.response.content and "24 images" in runs.response.content
+    again = await world.alice.slash(ch, "results")
+    assert len(again.response.attachments) == 2
+
+    # classify: the slash command, the message command and a mention all answer with the top 3
+    pred = await world.alice.slash(ch, "predict", image=("mystery.jpg", photo("squares", 777)))
+    assert "model from run 1" in pred.response.content and pred.response.content.count("%") >= 3
+    pasted = await world.bob.send(ch, "what is this?", attachments=[("a.jpg", photo("circles", 778))])
+    menu = await world.carol.context_menu(ch, "Classify image", pasted)
+    assert "`a.jpg`" in menu.response.content and "model from run 1" in menu.response.content
+    await world.bob.send(ch, f"{env.bot.user.mention} and this?", attachments=[("b.jpg", photo("triangles", 779))])
+    reply = world.channel.last_message
+    assert reply.author.id == env.bot.user.id and "`b.jpg`" in reply.content and "run 1" in reply.content
+    not_image = await world.alice.slash(ch, "predict", image=("notes.txt", b"hello"))
+    assert not_image.ephemeral and "no image" in not_image.response.content
+
+    # /clean post: one message per candidate with the image, seeded reactions and a legend
+    await world.host.slash(ch, "clean post", count=3)
+    votes = [m for m in bot_messages(world) if m.content.startswith("**Vote ")]
+    assert len(votes) == 3
+    first, second, third = sorted(votes, key=lambda m: m.id)
+    assert [str(r.emoji) for r in first.reactions] == ["✅", "🗑️", "1️⃣", "2️⃣", "3️⃣"]
+    assert first.attachments[0].filename.startswith("image-")
+    assert "1️⃣ circles" in first.content
+
+    await world.alice.react(first, "🗑️")
+    await world.bob.react(first, "🗑️")
+    await world.carol.react(first, "✅")
+    await world.carol.unreact(first, "✅")  # withdrawn
+    tally = next(m for m in bot_messages(world) if m.id == first.id).content
+    assert "Votes (2 people): 🗑️ 2" in tally
+    await world.alice.react(second, "3️⃣")
+
+    # the bot goes offline; bob votes on the second, alice changes her mind on the third
+    store = Store(settings.data_dir)
+    board = CleaningBoard(store)
+    cand_first, cand_second = board.by_message(first.id), board.by_message(second.id)
+    await env.shutdown()
+    await world.bob.react(second, "3️⃣")
+    await world.alice.react(third, "✅")
+    env.bot = make_bot(settings, workers)
+    await env.start()
+    await env.bot.recovered.wait()
+    assert board.votes(cand_second["id"]) == {str(world.alice.id): {"label:triangles"},
+                                              str(world.bob.id): {"label:triangles"}}
+
+    applied = await world.host.slash(ch, "clean apply")
+    text = applied.response.content
+    assert "1 deleted, 1 relabelled, 1 kept" in text
+    first_row = cand_first
+    deleted = store.image(first_row["image_id"])
+    assert deleted["status"] == "deleted"
+    relabelled = store.image(cand_second["image_id"])
+    assert relabelled["label"] == "triangles"
+    audit = store.audit_log(deleted["workshop_id"])
+    assert {a["action"] for a in audit} == {"delete", "relabel"} and all(a["who"] == str(world.host.id) for a in audit)
+    closed = [m for m in bot_messages(world) if m.id == first.id][0]
+    assert "**Closed:** deleted (2 of 2 votes)" in closed.content
+
+    # /clean undo reverts the whole apply
+    undone = await world.host.slash(ch, "clean undo")
+    assert "1 images restored" in undone.response.content
+    assert store.image(first_row["image_id"])["status"] == "active"
+    assert store.image(cand_second["image_id"])["label"] != "triangles"
+
+    # delete one image by hand through the audit log, then /retrain shows before and after
+    store.delete_image(deleted["workshop_id"], first_row["image_id"], who="host", why="blurry")
+    re = await world.host.slash(ch, "retrain")
+    assert "run 2" in re.response.content and "Retraining" in re.response.content
+    compare = next(m for m in bot_messages(world) if m.content.startswith("**Before/after cleaning**"))
+    assert "run 1" in compare.content and "run 2" in compare.content and "24 → 23 images" in compare.content
+    assert f"image {first_row['image_id']}: deleted" in compare.content
+    assert sorted(a.filename for a in compare.attachments) == ["after-run2-confusion.png", "before-run1-confusion.png"]
+    store.close()
+
+
+async def test_an_interrupted_run_is_announced_after_a_restart(world, settings, workers):
+    env = world.env
+    await world.host.slash(world.channel, "workshop start", name="Shapes", labels=", ".join(LABELS))
+    store = Store(settings.data_dir)
+    ws = store.find_workshop(guild_id=world.guild.id, channel_id=world.channel.id)
+    run_id = store.create_run(ws["id"], {"arch": "lite0"}, channel_id=world.channel.id)
+    store.mark_run(run_id, "running")
+    store.db.conn.execute("UPDATE runs SET owner = ? WHERE id = ?", [f"{socket.gethostname()}:999999",
+                                                                    run_id])
+    await env.restart_bot(make_bot(settings, workers))
+    await env.bot.recovered.wait()
+    await env.settle()
+    assert any(f"Run {run_id} was interrupted" in m.content for m in world.channel.history())
+    assert store.run(run_id)["status"] == "interrupted"
+    store.close()
