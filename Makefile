@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/imgcls --help
+	$(PY) -m bot
 
 test: $(STAMP)
 	$(PY) -m pytest -q

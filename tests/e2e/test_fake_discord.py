@@ -6,9 +6,9 @@ import asyncio
 import collections
 import hashlib
 import io
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import aiohttp
 import discord
@@ -28,6 +28,7 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> bytes:
 
 CAT, CURVE = png((200, 120, 40)), png((20, 20, 220), (16, 9))
 LABELS = ["cat", "caterpillar", "dog", "duck"]
+VOTES = ("👍", "👎")
 
 
 class WorkshopBot(commands.Bot):
@@ -60,12 +61,21 @@ class WorkshopBot(commands.Bot):
         @app_commands.command(name="train", description="Train, then post the loss curve")
         async def train(interaction: discord.Interaction, epochs: int = 1) -> None:
             await interaction.response.defer(thinking=True)
-            await interaction.followup.send(f"trained {epochs} epoch(s)", file=discord.File(io.BytesIO(CURVE), "curve.png"))
-            await interaction.followup.send("details for you", ephemeral=True)
+            progress = await interaction.channel.send("training: epoch 0")
+            await progress.edit(content=f"training: epoch {epochs}")
+            await progress.delete()
+            curve = discord.File(io.BytesIO(CURVE), "curve.png")
+            await interaction.followup.send(f"trained {epochs} epoch(s)", file=curve)
+            details = await interaction.followup.send("details for you", ephemeral=True, wait=True)
+            await details.edit(content="details: loss 0.1")
 
         @app_commands.command(name="predict", description="Predict a label")
         async def predict(interaction: discord.Interaction, label: str) -> None:
-            await interaction.response.send_message(f"predicting {label}")
+            await interaction.response.send_message(f"predicting {label}", file=discord.File(io.BytesIO(CAT), "in.png"))
+            original = await interaction.original_response()
+            await interaction.edit_original_response(content=f"{original.content}: {label} (0.93)")
+            note = await interaction.followup.send("temporary note", wait=True)
+            await note.delete()
 
         @predict.autocomplete("label")
         async def label_choices(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -77,18 +87,35 @@ class WorkshopBot(commands.Bot):
             await interaction.response.send_message(f"flagged {message.id} by {message.author.name}: {names}",
                                                     ephemeral=True)
 
+        class Ballot(discord.ui.View):
+            @discord.ui.button(label="Count", custom_id="count")
+            async def count(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+                await interaction.response.defer()  # a deferred update: @original is the message clicked on
+                await interaction.edit_original_response(content=f"{interaction.message.content} (counted)")
+
+            @discord.ui.button(label="Close", custom_id="close")
+            async def close(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+                await interaction.response.edit_message(content="Closed", view=None)
+                for emoji in VOTES:
+                    await interaction.message.remove_reaction(emoji, interaction.guild.me)
+
         @app_commands.command(name="vote", description="Post an image to vote on")
         async def vote(interaction: discord.Interaction) -> None:
             await interaction.response.send_message("posting", ephemeral=True)
-            message = await interaction.channel.send("Is this a cat?", file=discord.File(io.BytesIO(CAT), "cat.png"))
-            for emoji in ("👍", "👎"):
+            message = await interaction.channel.send("Is this a cat?", file=discord.File(io.BytesIO(CAT), "cat.png"),
+                                                     view=Ballot())
+            for emoji in VOTES:
                 await message.add_reaction(emoji)
 
         @app_commands.command(name="tally", description="Count the votes on a message")
         async def tally(interaction: discord.Interaction, message_id: str) -> None:
             message = await interaction.channel.fetch_message(int(message_id))
-            counts = [f"{r.emoji}={len([u async for u in r.users() if not u.bot])}" for r in message.reactions]
-            await interaction.response.send_message(" ".join(counts))
+            counts = []
+            for reaction in message.reactions:
+                voters = [user async for user in reaction.users() if not user.bot]
+                counts.append(f"{reaction.emoji}={len(voters)}")
+            recent = [m async for m in interaction.channel.history(limit=10)]
+            await interaction.response.send_message(f"{' '.join(counts)} in {len(recent)} recent")
 
         self.tree.add_command(workshop, guild=guild)
         for command in (train, predict, flag, vote, tally):
@@ -97,25 +124,32 @@ class WorkshopBot(commands.Bot):
         await self.tree.sync()
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        if payload.user_id != self.user.id:
-            self.votes[str(payload.emoji)] += 1
-            self.vote_events.put_nowait(("add", str(payload.emoji), payload.user_id))
+        if payload.user_id == self.user.id:
+            return
+        if str(payload.emoji) not in VOTES:  # not a vote: take it off again
+            message = self.get_channel(payload.channel_id).get_partial_message(payload.message_id)
+            await message.remove_reaction(payload.emoji, payload.member)
+            return
+        self.votes[str(payload.emoji)] += 1
+        self.vote_events.put_nowait(("add", str(payload.emoji), payload.user_id))
 
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
-        if payload.user_id != self.user.id:
+        if payload.user_id != self.user.id and str(payload.emoji) in VOTES:
             self.votes[str(payload.emoji)] -= 1
             self.vote_events.put_nowait(("remove", str(payload.emoji), payload.user_id))
 
     async def on_message(self, message: discord.Message) -> None:
         if not message.author.bot and self.user in message.mentions:
             await message.add_reaction("👋")
-            await message.reply(f"hi {message.author.name}")
+            async with message.channel.typing():
+                reply = await message.reply("hi")
+            await reply.edit(content=f"hi {message.author.name}")
 
 
 @dataclass
 class World:
     fake: FakeDiscord
-    bot: WorkshopBot
+    bot: discord.Client
     guild: Guild
     chan: Channel
     alice: User
@@ -123,7 +157,7 @@ class World:
 
 
 @asynccontextmanager
-async def running_bot(token: str | None = None) -> AsyncIterator[World]:
+async def running_bot(token: str | None = None, make=WorkshopBot) -> AsyncIterator[World]:
     fake = FakeDiscord()
     guild = fake.add_guild("Workshop")
     chan = fake.add_channel(guild, "general")
@@ -132,7 +166,7 @@ async def running_bot(token: str | None = None) -> AsyncIterator[World]:
     fake.add_member(guild, bob, roles=[fake.add_role(guild, "mods", 1 << 13)])
     async with fake:
         with fake.discord_urls():
-            bot = WorkshopBot(guild.id)
+            bot = make(guild.id)
             task = asyncio.create_task(bot.start(token or fake.token))
             try:
                 ready = asyncio.ensure_future(fake.wait_ready())
@@ -184,6 +218,13 @@ def test_the_bot_logs_in_syncs_and_identifies() -> None:
         assert guild.get_member(w.bob.id).guild_permissions.manage_messages
         assert not guild.get_member(w.alice.id).guild_permissions.manage_messages
         assert w.bot.application_id == app and w.bot.user.id == fake.bot_user.id
+        assert discord.http.HTTPClient.request.__module__ == "discord.http"  # the real client, not a patched one
+
+        assert (await w.bot.fetch_channel(w.chan.id)).name == "general"
+        member = await guild.fetch_member(w.alice.id)
+        assert member.name == "alice" and not member.bot
+        assert [r.path for r in fake.requests[-2:]] == [f"/channels/{w.chan.id}",
+                                                        f"/guilds/{w.guild.id}/members/{w.alice.id}"]
 
     run(scenario)
 
@@ -227,20 +268,26 @@ def test_deferred_command_follows_up_with_a_file() -> None:
         assert curve is ix.original and not curve.loading and not curve.ephemeral  # the first followup fills the defer
         assert curve.content == "trained 3 epoch(s)" and curve.files == {"curve.png": CURVE}
         assert curve.attachments[0].content_type == "image/png"
-        details = await ix.wait_message(lambda m: m.ephemeral)
-        assert details.content == "details for you" and ix.followups == [details]
+        details = await ix.wait_message(lambda m: m.ephemeral and m.content == "details: loss 0.1")
+        assert ix.followups == [details] and details.edited_timestamp
+        assert any(r.method == "PATCH" and r.path == f"/webhooks/{fake.app_id}/{ix.token}/messages/{details.id}"
+                   for r in fake.requests)
+        progress = [r for r in fake.requests if r.path.startswith(f"/channels/{w.chan.id}/messages")]
+        assert [(r.method, (r.json or {}).get("content")) for r in progress] == [
+            ("POST", "training: epoch 0"), ("PATCH", "training: epoch 3"), ("DELETE", None)]
+        assert fake.messages(w.chan) == [curve, details]  # the deleted progress message is gone
 
         posts = [r for r in fake.requests if r.method == "POST" and r.path == f"/webhooks/{fake.app_id}/{ix.token}"]
         assert [r.query["wait"] for r in posts] == ["1", "1"]
         assert [f.filename for f in posts[0].files] == ["curve.png"] and posts[0].files[0].data == CURVE
         assert posts[0].json["attachments"] == [{"id": 0, "filename": "curve.png"}]
         assert posts[1].json["flags"] == EPHEMERAL and not posts[1].files
-        async with aiohttp.ClientSession() as http:  # the stored file is served back
-            async with http.get(curve.attachments[0].url) as response:
-                assert await response.read() == CURVE
+        async with aiohttp.ClientSession() as http, http.get(curve.attachments[0].url) as response:
+            assert await response.read() == CURVE  # the stored file is served back
         events = [e["t"] for e in fake.gateway_events if e["d"].get("id") == str(curve.id)]
-        assert events == ["MESSAGE_CREATE", "MESSAGE_UPDATE"]
-        update = next(e["d"] for e in fake.gateway_events if e["t"] == "MESSAGE_UPDATE")
+        assert events == ["MESSAGE_CREATE", "MESSAGE_UPDATE"]  # the "thinking" message, then its fill-in
+        update = next(e["d"] for e in fake.gateway_events
+                      if e["t"] == "MESSAGE_UPDATE" and e["d"]["id"] == str(curve.id))
         assert update["flags"] & LOADING == 0 and update["attachments"][0]["filename"] == "curve.png"
 
     run(scenario)
@@ -252,7 +299,18 @@ def test_autocomplete_and_message_context_menu() -> None:
         choices = await fake.autocomplete(w.alice, w.chan, "predict", {"label": "ca"}, focused="label")
         assert choices == [{"name": "cat", "value": "cat"}, {"name": "caterpillar", "value": "caterpillar"}]
         assert fake.interactions[-1].payload["type"] == 4
-        assert await fake.autocomplete(w.alice, w.chan, "predict", focused="label") != []
+        assert len(await fake.autocomplete(w.alice, w.chan, "predict", focused="label")) == len(LABELS)
+
+        ix = await fake.slash(w.alice, w.chan, "predict", {"label": "cat"})
+        final = await ix.wait_message(lambda m: m.content.endswith("(0.93)"))
+        assert final is ix.original and final.content == "predicting cat: cat (0.93)" and final.files == {"in.png": CAT}
+        assert [f.filename for f in ix.callback_files] == ["in.png"]  # a multipart callback
+        assert ix.callback["data"]["attachments"] == [{"id": 0, "filename": "in.png"}]
+        await fake.wait_for(lambda: ix.followups and ix.followups[0].deleted)
+        assert ix.messages == [final]
+        hook = f"/webhooks/{fake.app_id}/{ix.token}/messages"
+        assert [(r.method, r.path) for r in fake.requests if r.path.startswith(hook)] == [
+            ("GET", f"{hook}/@original"), ("PATCH", f"{hook}/@original"), ("DELETE", f"{hook}/{ix.followups[0].id}")]
 
         post = await fake.post_message(w.alice, w.chan, "look at this", attachments=[("a.png", CAT, "image/png")])
         ix = await fake.context_menu(w.bob, w.chan, "Flag image", post)
@@ -282,7 +340,8 @@ def test_vote_message_with_reactions_counts_votes() -> None:
         assert post.reactions == {"👍": [bot_id, w.alice.id], "👎": [bot_id, w.bob.id]}
 
         ix = await fake.slash(w.bob, w.chan, "tally", {"message_id": str(post.id)})
-        assert (await ix.wait_message()).content == "👍=1 👎=1"
+        assert (await ix.wait_message()).content == "👍=1 👎=1 in 1 recent"
+        assert any(r.path == f"/channels/{w.chan.id}/messages" and r.query == {"limit": "10"} for r in fake.requests)
         assert any(r.path == f"/channels/{w.chan.id}/messages/{post.id}" for r in fake.requests)
         # users() asks for reaction.count users, so count must match the stored reactions
         assert [r.query for r in fake.requests if r.path.endswith(("/👍", "/👎"))] == [{"limit": "2"}] * 2
@@ -296,6 +355,23 @@ def test_vote_message_with_reactions_counts_votes() -> None:
                 rest = await response.json()
         assert [u["id"] for u in first + rest] == sorted([str(bot_id), str(w.alice.id)], key=int)
 
+        await fake.react(w.alice, post, "🐈")  # not a vote: the bot takes it off
+        await fake.wait_for(lambda: post.reactions["🐈"] == [])
+        assert fake.requests[-1].path == f"/channels/{w.chan.id}/messages/{post.id}/reactions/🐈/{w.alice.id}"
+
+        ix = await fake.click(w.bob, post, "count")
+        assert (await ix.wait_response())["type"] == 6
+        edit = await fake.wait_for_request(lambda r: r.method == "PATCH" and r.path.endswith("/messages/@original"))
+        assert edit.path == f"/webhooks/{fake.app_id}/{ix.token}/messages/@original"
+        assert post.content == "Is this a cat? (counted)" and post.edited_timestamp
+        ix = await fake.click(w.alice, post, "close")
+        assert (await ix.wait_response())["type"] == 7
+        assert post.content == "Closed" and post.components == [] and post.files == {"cat.png": CAT}
+        await fake.wait_for(lambda: post.reactions == {"👍": [w.alice.id], "👎": [w.bob.id], "🐈": []})
+        assert w.bot.votes == {"👍": 1, "👎": 1}
+        with pytest.raises(LookupError):
+            await fake.click(w.alice, post, "count")
+
     run(scenario)
 
 
@@ -304,15 +380,19 @@ def test_mentions_get_a_reaction_and_a_reply_also_across_a_resume() -> None:
         fake = w.fake
         plain = await fake.post_message(w.bob, w.chan, "no mention here")
         hello = await fake.post_message(w.alice, w.chan, f"hey {fake.bot_user.mention} what's up")
-        reply = await fake.wait_for_message(lambda m: m.reference and m.reference["message_id"] == str(hello.id))
-        assert reply.content == "hi alice" and reply.type == 19 and reply.author is fake.bot_user
+        reply = await fake.wait_for_message(lambda m: m.reference and m.reference["message_id"] == str(hello.id)
+                                            and m.content == "hi alice")
+        assert reply.type == 19 and reply.author is fake.bot_user and reply.edited_timestamp
+        assert any(r.path == f"/channels/{w.chan.id}/typing" for r in fake.requests)
         await fake.wait_for(lambda: hello.reactions.get("👋") == [fake.bot_user.id])
         assert plain.reactions == {}
 
         resumed = fake.reconnect()  # op 7 goes out now; this message is dispatched while the bot reconnects
         again = await fake.post_message(w.bob, w.chan, f"{fake.bot_user.mention} still there?")
         await resumed
-        replies = lambda: [m for m in fake.messages(w.chan) if m.reference and m.reference["message_id"] == str(again.id)]
+        def replies() -> list:
+            return [m for m in fake.messages(w.chan) if m.reference and m.reference["message_id"] == str(again.id)]
+
         await fake.wait_for(replies)
         await (await fake.slash(w.alice, w.chan, "workshop status")).wait_message()  # a later round trip
         assert len(replies()) == 1  # replayed once, not lost nor duplicated
@@ -339,3 +419,23 @@ def test_unknown_routes_and_bad_tokens_are_visible() -> None:
                 pass
 
     asyncio.run(asyncio.wait_for(bad_token(), 30))
+
+
+def test_without_the_message_content_intent_only_mentions_carry_content() -> None:
+    class Listener(discord.Client):
+        def __init__(self, guild_id: int) -> None:
+            super().__init__(intents=discord.Intents.default(), guild_ready_timeout=0.05)
+            self.seen: asyncio.Queue = asyncio.Queue()
+
+        async def on_message(self, message: discord.Message) -> None:
+            self.seen.put_nowait((message.content, [a.filename for a in message.attachments]))
+
+    async def main() -> None:
+        async with running_bot(make=Listener) as w:
+            assert w.fake.identify["intents"] & (1 << 15) == 0
+            await w.fake.post_message(w.alice, w.chan, "secret", attachments=[("a.png", CAT)])
+            await w.fake.post_message(w.bob, w.chan, f"{w.fake.bot_user.mention} hello", attachments=[("b.png", CAT)])
+            assert await asyncio.wait_for(w.bot.seen.get(), 5) == ("", [])
+            assert await asyncio.wait_for(w.bot.seen.get(), 5) == (f"{w.fake.bot_user.mention} hello", ["b.png"])
+
+    asyncio.run(asyncio.wait_for(main(), 30))

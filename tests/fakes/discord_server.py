@@ -2,7 +2,7 @@
 
 The real, unpatched discord.py client talks to it; only two class attributes point it here:
 
-    fake = FakeDiscord()
+    fake = FakeDiscord()                                    # token=, bot_name=; fake.bot_user, fake.app_id, fake.owner
     guild = fake.add_guild("Workshop")                      # the bot joins it (member + role); owner is fake.owner
     chan = fake.add_channel(guild, "general")
     alice = fake.add_user("alice"); fake.add_member(guild, alice, permissions=0, roles=[])
@@ -15,6 +15,7 @@ The real, unpatched discord.py client talks to it; only two class attributes poi
             msg = await ix.wait_message()                   # first non-"thinking" Message of the interaction
             choices = await fake.autocomplete(alice, chan, "cmd", {"opt": "ca"}, focused="opt")
             ix = await fake.context_menu(alice, chan, "Menu name", msg)   # a Message (or User) target
+            ix = await fake.click(alice, msg, "custom-id")  # a button (values=[...] for a select) on a message
             m = await fake.post_message(alice, chan, f"hi {fake.bot_user.mention}", attachments=[("x.jpg", b"..")])
             await fake.react(alice, m, "👍"); await fake.unreact(alice, m, "👍")
             await fake.wait_for(lambda: ..., timeout=5)        # any condition, re-checked on every server event
@@ -22,18 +23,25 @@ The real, unpatched discord.py client talks to it; only two class attributes poi
             await fake.wait_for_message(lambda m: m.attachments, channel=chan)
             await bot.close()
 
-State for assertions: `requests` (Request: method, path below /api/v10, query, json, files, status, route; unknown
-routes answer a JSON 404 and have route=None, see `unknown_requests`), `messages(channel)` (Message: content,
-embeds, attachments with bytes, flags, reactions {emoji: [user ids]}, interaction), `commands` {guild id or None:
-[synced commands]}, `interactions`, `gateway_events` (dispatches sent), `gateway_received` (frames from the client),
-`connections` (each gateway connection's query string). `reconnect()` asks the client to reconnect (op 7) and
-waits for its RESUME; dispatches made meanwhile are replayed.
+Slash options are typed from the command the bot synced (an unsynced command is a LookupError, a missing required
+option a ValueError). Interactions (`Interaction`): `payload` sent, `callback` body received, `original` and
+`followups` messages (`messages`), `choices` for autocomplete.
+
+State for assertions: `requests` (Request: method, path below /api/v10, query, json, files, status, route, error;
+unknown routes answer a JSON 404 and have route=None, see `unknown_requests`), `messages(channel)` and
+`message(id)` (Message: content, embeds, attachments with bytes, flags, reactions {emoji: [user ids]}, reference,
+interaction; ephemeral messages are included, see `Message.ephemeral`), `commands` {guild id or None: [synced
+commands]}, `interactions`, `gateway_events` (dispatches sent), `gateway_received` (frames from the client),
+`connections` (each gateway connection's query string).
+`reconnect()` sends op 7 at once; awaiting it waits for the client's RESUME (dispatches meanwhile are replayed).
 
 Behaviour worth knowing: replies carry Content-Type exactly `application/json` (discord.py ignores bodies
 otherwise); gateway frames are plain JSON text although the client asks for compress=zlib-stream; dispatches honour
 the IDENTIFY intents (without message_content, others' MESSAGE_CREATE arrive with empty content unless they mention
 the bot); the bot's own messages, edits and reactions are echoed on the gateway as Discord does (ephemeral ones are
-not); the first followup after a deferred ("thinking") response edits that message and keeps its ephemeral flag.
+not); the first followup after a deferred ("thinking") response edits that message and keeps its ephemeral flag;
+for a component interaction, @original is the message the component is on. An exception inside the fake answers
+400 (a 500 would make discord.py retry for seconds) and is kept in `Request.error`.
 """
 from __future__ import annotations
 
@@ -45,9 +53,10 @@ import mimetypes
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -102,6 +111,7 @@ class Request:
     files: list[Upload] = field(default_factory=list)
     status: int = 0
     route: str | None = None  # the matched route pattern; None for an unknown route
+    error: str | None = None  # what went wrong in the fake while handling it (answered 400)
 
 
 @dataclass(eq=False)
@@ -135,7 +145,7 @@ class Role:
 @dataclass(eq=False)
 class Channel:
     id: int
-    guild: Guild
+    guild: Guild = field(repr=False)
     name: str
     type: int = 0
     position: int = 0
@@ -153,7 +163,7 @@ class Channel:
 @dataclass(eq=False)
 class Member:
     user: User
-    guild: Guild
+    guild: Guild = field(repr=False)
     roles: list[Role]
     nick: str | None = None
     joined_at: str = field(default_factory=iso)
@@ -223,7 +233,7 @@ class Message:
     mentions: list[User] = field(default_factory=list)
     components: list[dict] = field(default_factory=list)
     reference: dict | None = None
-    interaction: Interaction | None = None  # set on interaction responses and followups
+    interaction: Interaction | None = field(default=None, repr=False)  # set on interaction responses and followups
     type: int = 0
     edited_timestamp: str | None = None
     deleted: bool = False
@@ -242,7 +252,8 @@ class Message:
              "attachments": [a.payload() for a in self.attachments], "embeds": self.embeds,
              "components": self.components,
              "reactions": [{"emoji": emoji_payload(k), "count": len(v), "count_details": {"burst": 0, "normal": len(v)},
-                            "me": me in v, "me_burst": False, "burst_colors": []} for k, v in self.reactions.items() if v]}
+                            "me": me in v, "me_burst": False, "burst_colors": []}
+                           for k, v in self.reactions.items() if v]}
         if self.reference:
             p["message_reference"] = {"type": 0, "channel_id": str(self.channel.id), "guild_id": str(guild.id),
                                       **self.reference}
@@ -260,16 +271,17 @@ class Message:
 
 @dataclass(eq=False)
 class Interaction:
-    fake: FakeDiscord
+    fake: FakeDiscord = field(repr=False)
     id: int
     token: str
-    type: int  # 2 application command, 4 autocomplete
+    type: int  # 2 application command, 3 message component, 4 autocomplete
     user: User
     channel: Channel
-    payload: dict = field(default_factory=dict)  # the INTERACTION_CREATE data sent
+    target: Message | None = None  # the message a component was used on
+    payload: dict = field(default_factory=dict, repr=False)  # the INTERACTION_CREATE data sent
     callback: dict | None = None  # the bot's callback body: {"type": 4|5|6|7|8|9, "data": {...}}
     callback_files: list[Upload] = field(default_factory=list)
-    original: Message | None = None
+    original: Message | None = None  # the response message (for components, the message they are on)
     followups: list[Message] = field(default_factory=list)
 
     @property
@@ -302,11 +314,12 @@ def _route(pattern: str) -> re.Pattern:
 
 
 class FakeDiscord:
-    ROUTES = [(m, p, _route(p), h) for m, p, h in [
+    ROUTES = tuple((m, p, _route(p), h) for m, p, h in [
         ("GET", "/users/@me", "_me"), ("GET", "/users/{uid}", "_get_user"),
         ("GET", "/gateway", "_gateway_info"), ("GET", "/gateway/bot", "_gateway_info"),
         ("GET", "/oauth2/applications/@me", "_application"), ("GET", "/applications/@me", "_application"),
-        ("GET", "/applications/{app}/commands", "_get_commands"), ("PUT", "/applications/{app}/commands", "_put_commands"),
+        ("GET", "/applications/{app}/commands", "_get_commands"),
+        ("PUT", "/applications/{app}/commands", "_put_commands"),
         ("GET", "/applications/{app}/guilds/{gid}/commands", "_get_commands"),
         ("PUT", "/applications/{app}/guilds/{gid}/commands", "_put_commands"),
         ("POST", "/interactions/{iid}/{token}/callback", "_callback"),
@@ -314,7 +327,7 @@ class FakeDiscord:
         ("GET", "/webhooks/{app}/{token}/messages/{mid}", "_webhook_get"),
         ("PATCH", "/webhooks/{app}/{token}/messages/{mid}", "_webhook_edit"),
         ("DELETE", "/webhooks/{app}/{token}/messages/{mid}", "_webhook_delete"),
-        ("GET", "/guilds/{gid}", "_get_guild"), ("GET", "/guilds/{gid}/members/{uid}", "_get_member"),
+        ("GET", "/guilds/{gid}/members/{uid}", "_get_member"),
         ("GET", "/channels/{cid}", "_get_channel"), ("POST", "/channels/{cid}/typing", "_typing"),
         ("GET", "/channels/{cid}/messages", "_history"), ("POST", "/channels/{cid}/messages", "_create_message"),
         ("GET", "/channels/{cid}/messages/{mid}", "_get_message"),
@@ -323,7 +336,7 @@ class FakeDiscord:
         ("PUT", "/channels/{cid}/messages/{mid}/reactions/{emoji}/@me", "_add_reaction"),
         ("DELETE", "/channels/{cid}/messages/{mid}/reactions/{emoji}/{uid}", "_remove_reaction"),
         ("GET", "/channels/{cid}/messages/{mid}/reactions/{emoji}", "_reaction_users"),
-    ]]
+    ])
 
     def __init__(self, token: str | None = None, bot_name: str = "TestBot", heartbeat_interval: int = 41250) -> None:
         self.token = token or f"fake.{secrets.token_urlsafe(24)}"
@@ -377,7 +390,7 @@ class FakeDiscord:
     async def __aenter__(self) -> FakeDiscord:
         return await self.start()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     @contextmanager
@@ -407,10 +420,11 @@ class FakeDiscord:
     def add_guild(self, name: str, owner: User | None = None, bot_permissions: int = BOT_PERMISSIONS) -> Guild:
         owner = owner or self.owner
         guild = Guild(self.snowflake(), name, owner.id)
-        guild.roles.append(Role(guild.id, "@everyone", EVERYONE_PERMISSIONS))
+        bot_role = Role(self.snowflake(), self.bot_user.name, bot_permissions, 1, managed=True)
+        guild.roles += [Role(guild.id, "@everyone", EVERYONE_PERMISSIONS), bot_role]
+        guild.members[owner.id] = Member(owner, guild, [])
+        guild.members[self.bot_user.id] = Member(self.bot_user, guild, [bot_role])
         self.guilds[guild.id] = guild
-        self.add_member(guild, owner)
-        self.add_member(guild, self.bot_user, roles=[self.add_role(guild, self.bot_user.name, bot_permissions, True)])
         self._dispatch("GUILD_CREATE", guild.payload)
         return guild
 
@@ -438,7 +452,8 @@ class FakeDiscord:
         return member
 
     def messages(self, channel: Channel) -> list[Message]:
-        return sorted((m for m in self._messages.values() if m.channel is channel and not m.deleted), key=lambda m: m.id)
+        return [m for m in sorted(self._messages.values(), key=lambda m: m.id)
+                if m.channel is channel and not m.deleted]
 
     def message(self, message_id: int) -> Message:
         return self._messages[int(message_id)]
@@ -494,8 +509,8 @@ class FakeDiscord:
         try:
             from PIL import Image
             att.width, att.height = Image.open(io.BytesIO(att.data)).size
-        except Exception:
-            pass
+        except (ImportError, OSError, ValueError):
+            pass  # not an image
         self._files[aid] = att
         return att
 
@@ -528,14 +543,13 @@ class FakeDiscord:
         return msg
 
     async def react(self, user: User, message: Message | int, emoji: str) -> None:
-        msg = message if isinstance(message, Message) else self.message(message)
-        self._set_reaction(msg, user, emoji_key(emoji), True)
+        self._set_reaction(message, user, emoji, True)
 
     async def unreact(self, user: User, message: Message | int, emoji: str) -> None:
-        msg = message if isinstance(message, Message) else self.message(message)
-        self._set_reaction(msg, user, emoji_key(emoji), False)
+        self._set_reaction(message, user, emoji, False)
 
-    def _set_reaction(self, msg: Message, user: User, key: str, add: bool) -> None:
+    def _set_reaction(self, msg: Message | int, user: User, emoji: str, add: bool) -> None:
+        msg, key = msg if isinstance(msg, Message) else self.message(msg), emoji_key(emoji)
         users = msg.reactions.setdefault(key, [])
         if (user.id in users) == add:
             return
@@ -547,7 +561,7 @@ class FakeDiscord:
             data |= {"message_author_id": str(msg.author.id), "burst_colors": []}
             if user.id in guild.members:
                 data["member"] = guild.members[user.id].payload()
-        self._dispatch("MESSAGE_REACTION_ADD" if add else "MESSAGE_REACTION_REMOVE", lambda: data)
+        self._dispatch("MESSAGE_REACTION_ADD" if add else "MESSAGE_REACTION_REMOVE", data)
 
     def command(self, name: str, guild: Guild | None = None, type: int = 1) -> dict:
         """A synced command by name (guild commands shadow global ones); LookupError if the bot did not sync it."""
@@ -608,6 +622,21 @@ class FakeDiscord:
                 "resolved": resolved, **({"guild_id": cmd["guild_id"]} if "guild_id" in cmd else {})}
         return self._interact(2, user, channel, data)
 
+    async def click(self, user: User, message: Message, custom_id: str, values: list[str] | None = None
+                    ) -> Interaction:
+        """Press the button `custom_id` on `message` (or choose `values` in that select menu)."""
+        def find(components: list[dict]) -> dict | None:
+            for c in components:
+                hit = c if c.get("custom_id") == custom_id else find(c.get("components", []))
+                if hit:
+                    return hit
+        component = find(message.components)
+        if component is None:
+            raise LookupError(f"message {message.id} has no component {custom_id!r}")
+        data = {"custom_id": custom_id, "component_type": component["type"]}
+        return self._interact(3, user, message.channel, data | ({"values": values} if values is not None else {}),
+                              message)
+
     def _options(self, channel, schema, given, pending, focused, resolved) -> list[dict]:
         out = []
         for opt in schema:
@@ -651,14 +680,15 @@ class FakeDiscord:
             return str(att.id)
         raise TypeError(f"cannot pass {value!r} as an option of type {kind}")
 
-    def _interact(self, kind: int, user: User, channel: Channel, data: dict) -> Interaction:
+    def _interact(self, kind: int, user: User, channel: Channel, data: dict, target: Message | None = None
+                  ) -> Interaction:
         if self._session_id is None:
             raise RuntimeError("no bot is connected to the gateway")
         guild = channel.guild
         if user.id not in guild.members:
             raise ValueError(f"{user.name} is not a member of {guild.name}")
         member = guild.members[user.id]
-        ix = Interaction(self, self.snowflake(), f"aW50{secrets.token_urlsafe(32)}", kind, user, channel)
+        ix = Interaction(self, self.snowflake(), f"aW50{secrets.token_urlsafe(32)}", kind, user, channel, target)
         ix.payload = {
             "id": str(ix.id), "application_id": str(self.app_id), "type": kind, "data": data, "token": ix.token,
             "version": 1, "guild_id": str(guild.id), "guild": {"id": str(guild.id), "locale": "en-US", "features": []},
@@ -667,18 +697,21 @@ class FakeDiscord:
             "app_permissions": str(guild.members[self.bot_user.id].permissions), "locale": "en-US",
             "guild_locale": "en-US", "entitlements": [], "authorizing_integration_owners": {"0": str(guild.id)},
             "context": 0, "attachment_size_limit": 10 * 1024 * 1024}
+        if target is not None:
+            ix.payload["message"] = target.payload(self.bot_user.id)
         self.interactions.append(ix)
-        self._dispatch("INTERACTION_CREATE", lambda: ix.payload)
+        self._dispatch("INTERACTION_CREATE", ix.payload)
         return ix
 
     # ---- gateway
-    def _dispatch(self, event: str, data: Callable[[], dict]) -> None:
-        """Send a dispatch in the current session (none before IDENTIFY); kept for replay on RESUME."""
+    def _dispatch(self, event: str, data: dict | Callable[[], dict]) -> None:
+        """Send a dispatch in the current session (none before IDENTIFY); kept for replay on RESUME. A callable
+        `data` is only built when the event goes out."""
         need = INTENTS.get(event, 0)
         if self._session_id is None or need and not (self.identify or {}).get("intents", 0) & need:
             return self._changed()
         self._seq += 1
-        frame = {"op": 0, "t": event, "s": self._seq, "d": data()}
+        frame = {"op": 0, "t": event, "s": self._seq, "d": data() if callable(data) else data}
         self._session_events.append(frame)
         self.gateway_events.append(frame)
         if self._conn is not None:
@@ -711,12 +744,12 @@ class FakeDiscord:
                     for event in self._session_events:
                         if event["s"] > conn.sent_seq:
                             conn.queue.put_nowait(event)
-                    self._dispatch("RESUMED", dict)
+                    self._dispatch("RESUMED", {})
                 elif op == 6:
                     conn.queue.put_nowait({"op": 9, "d": False})
                 elif op == 8:
                     guild = self.guilds[int(d["guild_id"])]
-                    self._dispatch("GUILD_MEMBERS_CHUNK", lambda: {
+                    self._dispatch("GUILD_MEMBERS_CHUNK", {
                         "guild_id": str(guild.id), "members": [m.payload() for m in guild.members.values()],
                         "chunk_index": 0, "chunk_count": 1, "not_found": [], "nonce": d.get("nonce")})
         finally:
@@ -782,13 +815,16 @@ class FakeDiscord:
                     break
             else:
                 raise DiscordError(404, 0, "404: Not Found")
-            if not record.path.startswith(("/webhooks/", "/interactions/")):
-                if request.headers.get("Authorization") != f"Bot {self.token}":
-                    raise DiscordError(401, 0, "401: Unauthorized")
+            authorized = request.headers.get("Authorization") == f"Bot {self.token}"
+            if not authorized and not record.path.startswith(("/webhooks/", "/interactions/")):
+                raise DiscordError(401, 0, "401: Unauthorized")
             result = await getattr(self, handler)(record, **m.groupdict())
             status, body = result if isinstance(result, tuple) else (200 if result is not None else 204, result)
         except DiscordError as e:
             status, body = e.status, {"message": e.message, "code": e.code}
+        except Exception as e:  # noqa: BLE001 - a payload the fake did not expect: 400, as a 500 makes discord.py retry
+            record.error = f"{type(e).__name__}: {e}"
+            status, body = 400, {"message": f"Invalid Form Body ({record.error})", "code": 50035}
         record.status = status
         self._changed()
         return web.Response(status=204) if status == 204 else self._json(status, body)
@@ -839,7 +875,8 @@ class FakeDiscord:
         msg = Message(self.snowflake(), channel, self.bot_user, body.get("content") or "", body.get("embeds") or [],
                       flags=int(body.get("flags") or 0) if flags is None else flags,
                       components=body.get("components") or [], interaction=interaction, type=kind,
-                      reference={k: str(v) for k, v in ref.items() if k != "fail_if_not_exists"} if ref else None)
+                      reference={k: str(ref[k]) for k in ("message_id", "channel_id", "guild_id") if k in ref}
+                      if ref else None)
         msg.attachments = self._attachments(channel, body, files) or []
         msg.mentions = self._mentions(msg.content)
         self._messages[msg.id] = msg
@@ -917,8 +954,12 @@ class FakeDiscord:
         if ix.callback is not None:
             raise DiscordError(400, 40060, "Interaction has already been acknowledged.")
         kind, data = r.json["type"], r.json.get("data") or {}
+        if kind in (6, 7) and ix.target is None:
+            raise DiscordError(400, 50035, "Invalid Form Body: no message to update for this interaction")
         ix.callback, ix.callback_files = r.json, r.files
-        if kind == 4:
+        if kind in (6, 7):
+            ix.original = ix.target if kind == 6 else self._edit(ix.target, data, r.files)
+        elif kind == 4:
             ix.original = self._new_message(ix.channel, data, r.files, ix)
         elif kind == 5:
             ix.original = self._new_message(ix.channel, {}, [], ix, LOADING | int(data.get("flags") or 0) & EPHEMERAL)
@@ -957,10 +998,6 @@ class FakeDiscord:
     async def _webhook_delete(self, r: Request, app: str, token: str, mid: str) -> None:
         self._delete(self._webhook_message(token, app, mid))
 
-    async def _get_guild(self, r: Request, gid: str) -> dict:
-        return {k: v for k, v in self._get(self.guilds, gid, 10004, "Guild").payload().items()
-                if k not in ("members", "channels", "threads", "presences", "voice_states")}
-
     async def _get_member(self, r: Request, gid: str, uid: str) -> dict:
         return self._get(self._get(self.guilds, gid, 10004, "Guild").members, uid, 10007, "Member").payload()
 
@@ -973,21 +1010,18 @@ class FakeDiscord:
     async def _history(self, r: Request, cid: str) -> list:
         msgs = [m for m in self.messages(self._get(self.channels, cid, 10003, "Channel")) if not m.ephemeral]
         limit = min(int(r.query.get("limit", 50)), 100)
-        q = {k: int(v) for k, v in r.query.items() if k in ("before", "after", "around")}
-        if "after" in q:
-            msgs = [m for m in msgs if m.id > q["after"]][:limit]
-        elif "around" in q:
-            older = [m for m in msgs if m.id < q["around"]][-(limit // 2):] if limit > 1 else []
-            msgs = older + [m for m in msgs if m.id >= q["around"]][:limit - len(older)]
+        if "after" in r.query:  # ("around" is not supported)
+            msgs = [m for m in msgs if m.id > int(r.query["after"])][:limit]
         else:
-            msgs = [m for m in msgs if m.id < q.get("before", 1 << 64)][-limit:]
+            msgs = [m for m in msgs if m.id < int(r.query.get("before", 1 << 64))][-limit:]
         return [m.payload(self.bot_user.id) for m in reversed(msgs)]  # newest first, as Discord does
 
     async def _create_message(self, r: Request, cid: str) -> dict:
-        channel = self._get(self.channels, cid, 10003, "Channel")
-        if not (r.json or {}).get("content") and not r.files and not (r.json or {}).get("embeds"):
+        channel, body = self._get(self.channels, cid, 10003, "Channel"), r.json or {}
+        components_v2 = int(body.get("flags") or 0) & (1 << 15)
+        if not (r.files or components_v2 or any(body.get(k) for k in ("content", "embeds", "sticker_ids", "poll"))):
             raise DiscordError(400, 50006, "Cannot send an empty message")
-        return self._new_message(channel, r.json or {}, r.files).payload(self.bot_user.id)
+        return self._new_message(channel, body, r.files).payload(self.bot_user.id)
 
     async def _get_message(self, r: Request, cid: str, mid: str) -> dict:
         return self._channel_message(cid, mid).payload(self.bot_user.id)
@@ -1002,11 +1036,11 @@ class FakeDiscord:
         self._delete(self._channel_message(cid, mid))
 
     async def _add_reaction(self, r: Request, cid: str, mid: str, emoji: str) -> None:
-        self._set_reaction(self._channel_message(cid, mid), self.bot_user, emoji_key(emoji), True)
+        self._set_reaction(self._channel_message(cid, mid), self.bot_user, emoji, True)
 
     async def _remove_reaction(self, r: Request, cid: str, mid: str, emoji: str, uid: str) -> None:
         user = self.bot_user if uid == "@me" else self._get(self.users, uid, 10013, "User")
-        self._set_reaction(self._channel_message(cid, mid), user, emoji_key(emoji), False)
+        self._set_reaction(self._channel_message(cid, mid), user, emoji, False)
 
     async def _reaction_users(self, r: Request, cid: str, mid: str, emoji: str) -> list:
         ids = sorted(self._channel_message(cid, mid).reactions.get(emoji_key(emoji), []))
