@@ -64,6 +64,9 @@ class WorkshopBot(commands.Bot):
         self.session: aiohttp.ClientSession
         self.queue: TrainQueue
         self.recovered = asyncio.Event()
+        self.closing = False
+        self.interrupted_runs: list[dict] = []
+        self.interrupted_downloads: list[dict] = []
 
     # ---------------------------------------------------------- configuration for imgcls
 
@@ -86,7 +89,9 @@ class WorkshopBot(commands.Bot):
         self.store = await self.db(Store, self.settings.data_dir)
         self.board = await self.db(CleaningBoard, self.store)
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(2, mp_context=spawn)
+            from imgcls.jobs import ignore_interrupts
+
+            self.pool = ProcessPoolExecutor(2, mp_context=spawn, initializer=ignore_interrupts)
             self._own.append(self.pool)
         if self.predict_pool is None:
             from imgcls.predict import warm_up_worker
@@ -101,12 +106,21 @@ class WorkshopBot(commands.Bot):
             self.trainer = ProcessJobExecutor(self.settings.train_slots, warm=warm_up)
             self._own.append(self.trainer)
         self.session = self._session_factory() if self._session_factory else make_session(self.download_config)
+        # What an earlier process left unfinished, taken before this one can start anything of its own.
+        self.interrupted_runs = await self.db(self.store.interrupted_runs)
+        self.interrupted_downloads = await self.db(self.store.interrupted_downloads)
         for ext in EXTENSIONS:
             await self.load_extension(ext)
         await self.sync_commands()
         self.spawn(self._recover(), name="recover")
 
     async def sync_commands(self) -> None:
+        if self.settings.host_role.strip():
+            # Discord's default permissions would hide host commands from the host role's members:
+            # with a host role, visibility is left to the server and the run-time check decides.
+            for cmd in self.tree.get_commands():
+                if getattr(cmd, "default_permissions", None) is not None:
+                    cmd.default_permissions = None
         if self.settings.dev_guild_id:
             guild = discord.Object(self.settings.dev_guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -129,6 +143,9 @@ class WorkshopBot(commands.Bot):
                         log.exception("recovering %s after a restart failed", name)
         finally:
             self.recovered.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: the extensions' listeners handle messages."""
 
     # ---------------------------------------------------------- helpers for the extensions
 
@@ -167,6 +184,7 @@ class WorkshopBot(commands.Bot):
     async def close(self) -> None:
         """Stop cleanly: no new work, background tasks cancelled (state is in the store), executors stopped."""
         log.info("shutting down")
+        self.closing = True
         queue = getattr(self, "queue", None)
         if queue is not None:
             await queue.close()

@@ -13,6 +13,7 @@ KEEP_EMOJI, DELETE_EMOJI = "✅", "🗑️"
 LABEL_EMOJI = ("1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣", "7️⃣", "8️⃣", "9️⃣", "🔟",
                "🇦", "🇧", "🇨", "🇩", "🇪", "🇫", "🇬", "🇭", "🇮", "🇯")  # 20 labels at most
 MESSAGE_LIMIT = 2000
+MAX_RELABEL_CHOICES = 18  # Discord allows 20 different reactions on a message: keep, delete and 18 labels
 
 
 def bar(done: int, total: int, width: int = 16) -> str:
@@ -148,7 +149,7 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
 def choice_emoji(labels: Sequence[str]) -> dict[str, str]:
     """{emoji: choice} for a vote message: keep, delete and one number per label."""
     out = {KEEP_EMOJI: KEEP, DELETE_EMOJI: DELETE}
-    out.update({LABEL_EMOJI[i]: RELABEL + label for i, label in enumerate(labels[: len(LABEL_EMOJI)])})
+    out.update({LABEL_EMOJI[i]: RELABEL + label for i, label in enumerate(labels[:MAX_RELABEL_CHOICES])})
     return out
 
 

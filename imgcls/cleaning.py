@@ -215,7 +215,10 @@ class CleaningBoard:
                 raise NotFound("There is no applied clean-up to undo.")
             summary = json.loads(row["summary"] or "{}")
             if summary.get("deleted") or summary.get("relabelled"):
-                s.undo(workshop_id, batch=row["batch"], who=who, why=f"undo clean-up {row['id']}")
+                try:
+                    s.undo(workshop_id, batch=row["batch"], who=who, why=f"undo clean-up {row['id']}")
+                except NotFound:
+                    log.info("clean-up %s was already undone change by change", row["id"])
             s._update("clean_applies", row["id"], {"undone_at": now()})
         return summary
 

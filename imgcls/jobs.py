@@ -21,6 +21,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -52,8 +53,15 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
 
+def ignore_interrupts() -> None:
+    """For worker processes: a Ctrl-C typed at the terminal reaches the whole process group, but it is
+    the parent's to handle; it stops its workers itself, after recording where things stood."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _child(warm: Optional[Callable[[], Any]], jobs: Any, events: Any, parent_pid: int) -> None:
     """Runs in the worker process: warm up, wait for one job, run it, report, exit."""
+    ignore_interrupts()
     import logging as _logging
     import warnings
 

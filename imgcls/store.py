@@ -668,12 +668,11 @@ def process_owner() -> str:
 
 
 def owner_alive(owner: Optional[str]) -> bool:
-    """Whether the process that recorded `owner` is still running (other hosts: assumed so)."""
+    """Whether the process that recorded `owner` is still running on this host. A different host name
+    counts as gone: the data directory is local, and a recreated container gets a new name."""
     host, _, pid = (owner or "").rpartition(":")
-    if not host or not pid.isdigit():
+    if not host or not pid.isdigit() or host != socket.gethostname():
         return False
-    if host != socket.gethostname():
-        return True
     if int(pid) == os.getpid():
         return False  # this process is asking, so whoever wrote this with our pid was an earlier process
     try:

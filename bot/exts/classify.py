@@ -71,7 +71,8 @@ class Classify(commands.Cog):
         images = image_attachments(attachments)
         if not images:
             raise InvalidInput("I see no image there; attach a JPEG, PNG, GIF or WebP.")
-        await workshop_here(interaction)
+        ws = await workshop_here(interaction)
+        await self.bot.db(self.bot.store.latest_run, ws["id"])  # no model yet: say so privately, before deferring
         await interaction.response.defer(thinking=True)
         lines = await self.predict(interaction.guild_id, interaction.channel_id, images)
         await interaction.followup.send(render.clip("\n\n".join(lines)))

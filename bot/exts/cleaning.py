@@ -16,7 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from imgcls.credits import credit_line
-from imgcls.errors import NotFound
+from imgcls.errors import ConflictError, NotFound
 
 from .. import render
 from ..checks import host_only, workshop_here
@@ -64,21 +64,35 @@ class Cleaning(commands.Cog):
         self.bot.spawn(self._post_all(ws, run, picked, labels, interaction.channel), name=f"clean-post-{run['id']}")
 
     async def _post_all(self, ws: dict, run: dict, picked: list, labels: list[str], channel: Any) -> None:
+        failed = 0
         for top, image in picked:
-            cid = await self.bot.db(self.bot.board.add_candidate, ws["id"], run["id"], image["id"],
-                                    predicted=top["predicted"], probability=top["probability"], loss=top["loss"],
-                                    channel_id=channel.id, legend=labels)
-            cand = await self.bot.db(self.bot.board.candidate, cid)
-            data = await asyncio.get_running_loop().run_in_executor(
-                None, self.bot.store.image_path(image).read_bytes)
-            message = await channel.send(render.candidate_text(cand, labels, {}, credit_line(image) or ""),
-                                         file=discord.File(io.BytesIO(data), f"image-{image['id']}.jpg"),
-                                         suppress_embeds=True)
-            await self.bot.db(self.bot.board.set_message, cid, message.id)
-            self.open[message.id] = cid
-            for emoji in render.choice_emoji(labels):  # paced: one at a time, discord.py minds the rate limits
-                await message.add_reaction(emoji)
-                await asyncio.sleep(self.bot.settings.reaction_pace)
+            try:
+                await self._post_one(ws, run, top, image, labels, channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("posting image %s for a vote failed", image["id"])
+                failed += 1
+        if failed:
+            await channel.send(f"{failed} of {len(picked)} images could not be put up for a vote; "
+                               "the others are above.")
+
+    async def _post_one(self, ws: dict, run: dict, top: dict, image: dict, labels: list[str], channel: Any) -> None:
+        # relabel choices: every other label (a reaction each; Discord allows 20 per message)
+        legend = [label for label in labels if label != image["label"]][: render.MAX_RELABEL_CHOICES]
+        cid = await self.bot.db(self.bot.board.add_candidate, ws["id"], run["id"], image["id"],
+                                predicted=top["predicted"], probability=top["probability"], loss=top["loss"],
+                                channel_id=channel.id, legend=legend)
+        cand = await self.bot.db(self.bot.board.candidate, cid)
+        data = await asyncio.get_running_loop().run_in_executor(None, self.bot.store.image_path(image).read_bytes)
+        message = await channel.send(render.candidate_text(cand, legend, {}, credit_line(image) or ""),
+                                     file=discord.File(io.BytesIO(data), f"image-{image['id']}.jpg"),
+                                     suppress_embeds=True)
+        await self.bot.db(self.bot.board.set_message, cid, message.id)
+        self.open[message.id] = cid
+        for emoji in render.choice_emoji(legend):  # paced: one at a time, discord.py minds the rate limits
+            await message.add_reaction(emoji)
+            await asyncio.sleep(self.bot.settings.reaction_pace)
 
     # ---------------------------------------------------------- votes
 
@@ -100,13 +114,23 @@ class Cleaning(commands.Cog):
         choice = render.choice_emoji(cand["legend"]).get(str(payload.emoji))
         if choice is None or cand["status"] != "open":
             return
-        await self.bot.db(self.bot.board.vote, cid, str(payload.user_id), choice, on=on)
+        try:
+            await self.bot.db(self.bot.board.vote, cid, str(payload.user_id), choice, on=on)
+        except ConflictError:  # the vote closed meanwhile
+            return
         await self._refresh(cand, payload.channel_id)
 
     async def _refresh(self, cand: dict, channel_id: int, outcome: str = "") -> None:
         """Rewrite the candidate's message with the current tally (one edit at a time per message)."""
         lock = self._edit_locks.setdefault(cand["id"], asyncio.Lock())
         async with lock:
+            cand = await self.bot.db(self.bot.board.candidate, cand["id"])
+            if not outcome and cand["status"] != "open":  # a late tally must not hide the result
+                if cand["decision"] is None:
+                    return
+                d = cand["decision"]
+                outcome = render.outcome_text({"action": d["action"], "label": d["label"], "votes": d["votes"],
+                                               "voters": d["voters"], "why": d["why"], "old_label": cand["label"]})
             votes = await self.bot.db(self.bot.board.votes, cand["id"])
             image = await self.bot.db(self.bot.store.image, cand["image_id"])
             channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
@@ -119,18 +143,22 @@ class Cleaning(commands.Cog):
     async def recover(self) -> None:
         """Re-attach to open votes: count the reactions on each message, including ones made while offline."""
         for cand in await self.bot.db(self.bot.board.open_candidates):
-            if not cand["message_id"]:
-                continue
-            try:
-                channel = self.bot.get_channel(cand["channel_id"]) or await self.bot.fetch_channel(cand["channel_id"])
-                message = await channel.fetch_message(cand["message_id"])
-            except discord.NotFound:
-                log.info("vote %s's message is gone; its stored votes stand", cand["id"])
-                continue
-            except discord.HTTPException:
-                log.exception("could not fetch vote %s's message", cand["id"])
-                continue
-            choices = render.choice_emoji(cand["legend"])
+            if cand["message_id"]:
+                try:
+                    await self._recount(cand)
+                except Exception:
+                    log.exception("could not recount vote %s", cand["id"])
+
+    async def _recount(self, cand: dict) -> None:
+        channel = self.bot.get_channel(cand["channel_id"]) or await self.bot.fetch_channel(cand["channel_id"])
+        try:
+            message = await channel.fetch_message(cand["message_id"])
+        except discord.NotFound:
+            log.info("vote %s's message is gone; its stored votes stand", cand["id"])
+            return
+        choices = render.choice_emoji(cand["legend"])
+        self.open[message.id] = cand["id"]
+        async with self._edit_locks.setdefault(cand["id"], asyncio.Lock()):
             votes: dict[str, set[str]] = {}
             for reaction in message.reactions:
                 choice = choices.get(str(reaction.emoji))
@@ -140,8 +168,7 @@ class Cleaning(commands.Cog):
                     if not user.bot:
                         votes.setdefault(str(user.id), set()).add(choice)
             await self.bot.db(self.bot.board.set_votes, cand["id"], votes)
-            self.open[message.id] = cand["id"]
-            await self._refresh(cand, channel.id)
+        await self._refresh(cand, channel.id)
 
     # ---------------------------------------------------------- apply and undo
 

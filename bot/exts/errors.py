@@ -39,8 +39,16 @@ def message_for(error: Exception) -> tuple[str, bool]:
 
 
 async def reply(interaction: discord.Interaction, text: str) -> None:
+    text = text[:1900]
     try:
-        if interaction.response.is_done():
+        if interaction.response.type == discord.InteractionResponseType.deferred_channel_message:
+            # a public "thinking…" message would turn the first followup public: remove it first
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:
+                pass
+            await interaction.followup.send(text, ephemeral=True)
+        elif interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True)
         else:
             await interaction.response.send_message(text, ephemeral=True)

@@ -94,10 +94,15 @@ class Images(commands.Cog):
         except asyncio.CancelledError:
             raise  # shutting down: the download stays 'running' and resumes after the restart
         except Exception as exc:
+            if self.bot.closing:  # workers stopped under it: an interruption, resumed after the restart
+                return
             log.exception("download %s failed", download_id)
             await self.bot.db(store.update_download, download_id, status="failed", summary=str(exc))
-            await message.edit(content=render.download_progress(list(state.values()), done=True,
-                                                                note="The download stopped with an error; run it again."))
+            try:
+                await message.edit(content=render.download_progress(
+                    list(state.values()), done=True, note="The download stopped with an error; run it again."))
+            except discord.HTTPException:
+                pass
             return
         finally:
             updater.cancel()
@@ -107,11 +112,11 @@ class Images(commands.Cog):
         errors = " ".join(report.errors)
         await message.edit(content=render.download_progress(
             list(report.labels), done=True, note=" ".join(x for x in (
-                f"{report.added} new images in {report.seconds:.0f} s.", short, errors) if x)))
+                note, f"{report.added} new images in {report.seconds:.0f} s.", short, errors) if x)))
 
     async def recover(self) -> None:
         """Resume downloads a restart interrupted: what is stored already is not fetched again."""
-        for row in await self.bot.db(self.bot.store.interrupted_downloads):
+        for row in self.bot.interrupted_downloads:
             try:
                 ws = await self.bot.db(self.bot.store.workshop, row["workshop_id"])
                 channel = self.bot.get_channel(row["channel_id"] or ws["channel_id"])

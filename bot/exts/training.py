@@ -120,14 +120,14 @@ class Training(commands.Cog):
         except ConflictError:
             await self.bot.db(self.bot.store.mark_run, run_id, "cancelled", error="the queue was full")
             raise
-        what = "Retraining on the cleaned data" if parent else "Training"
-        where = "starting now" if position == 0 else f"queued at position {position}"
-        await interaction.response.send_message(
-            f"{what}: run {run_id} ({params.arch}, {params.epochs} epochs, {params.size} px, "
-            f"{len(spec.items)} images) is {where}. Progress below.")
         view = payload["view"]
         view.position = position or None
-        try:
+        try:  # whatever happens to these messages, the job must not wait for them forever
+            what = "Retraining on the cleaned data" if parent else "Training"
+            where = "starting now" if position == 0 else f"queued at position {position}"
+            await interaction.response.send_message(
+                f"{what}: run {run_id} ({params.arch}, {params.epochs} epochs, {params.size} px, "
+                f"{len(spec.items)} images) is {where}. Progress below.")
             message = await interaction.channel.send(view.text())
             payload["message"] = message
             await self.bot.db(self.bot.store.set_run_message, run_id, message.id)
@@ -192,7 +192,8 @@ class Training(commands.Cog):
         if run["status"] != "done":
             view.state = run["status"]
             await self._edit(message, view.text())
-            await channel.send(f"{mention} run {run['id']} {run['status']}: {run['error'] or 'no reason given'}",
+            await channel.send(render.clip(f"{mention} run {run['id']} {run['status']}: "
+                                           f"{(run['error'] or 'no reason given')[:500]}"),
                                allowed_mentions=discord.AllowedMentions(users=True))
             return
         view.state, view.stage, view.epoch = f"done, accuracy {run['metrics']['accuracy']:.1%}", "", (0, 0)
@@ -219,7 +220,7 @@ class Training(commands.Cog):
 
     async def recover(self) -> None:
         """Runs a restart interrupted are marked and announced in their channel."""
-        for run in await self.bot.db(self.bot.store.interrupted_runs):
+        for run in self.bot.interrupted_runs:
             try:
                 ws = await self.bot.db(self.bot.store.workshop, run["workshop_id"])
                 channel = self.bot.get_channel(run["channel_id"] or ws["channel_id"])

@@ -78,6 +78,13 @@ class Workshop(commands.Cog):
             raise InvalidInput(f"To archive the workshop, type its name exactly: `/workshop reset confirm:{ws['name']}`.")
         if self.bot.queue.jobs_for(ws["id"]):
             raise InvalidInput("A training run for this workshop is queued or running; wait for it to finish.")
+        images = self.bot.get_cog("Images")
+        task = images.downloads.pop(ws["id"], None) if images else None
+        if task is not None and not task.done():
+            task.cancel()
+        active = await self.bot.db(self.bot.store.active_download, ws["id"])
+        if active:
+            await self.bot.db(self.bot.store.update_download, active["id"], status="cancelled")
         await self.bot.db(self.bot.store.archive_workshop, ws["id"], who=str(interaction.user.id))
         await interaction.response.send_message(
             f"Workshop **{ws['name']}** is archived: its images, runs and votes are kept in the database. "

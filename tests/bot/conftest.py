@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,12 @@ def workers():
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(discord_token="test-token", data_dir=str(tmp_path / "data"), default_arch="lite0",
+def settings(tmp_path, request) -> Settings:
+    """Test settings; `@pytest.mark.parametrize("settings", [{...}], indirect=True)` changes some."""
+    base = Settings(discord_token="test-token", data_dir=str(tmp_path / "data"), default_arch="lite0",
                     default_size=64, default_epochs=1, progress_interval=0, reaction_pace=0, host_role="Hosts",
                     clean_count=3, vote_quorum=2, train_timeout=300)
+    return replace(base, **getattr(request, "param", {}))
 
 
 _bots: list[WorkshopBot] = []

@@ -37,6 +37,7 @@ async def test_participants_are_refused_host_commands_ephemerally(world):
     assert "started" in ok.response.content and not ok.ephemeral
 
 
+@pytest.mark.parametrize("settings", [{"host_role": ""}], indirect=True)
 async def test_top_level_host_commands_are_hidden_by_default_permissions(world):
     await start(world)
     visible = world.alice.available_commands(world.channel)
@@ -46,6 +47,15 @@ async def test_top_level_host_commands_are_hidden_by_default_permissions(world):
     assert "predict" in visible and "workshop status" in visible
     with pytest.raises(SetupError):
         await world.alice.slash(world.channel, "train")
+
+
+async def test_with_a_host_role_host_commands_stay_visible_and_are_checked_when_run(world):
+    await start(world)
+    assert "train" in world.alice.available_commands(world.channel)  # the role's members must see them
+    refused = await world.alice.slash(world.channel, "train")
+    assert refused.ephemeral and "Only the workshop host" in refused.response.content
+    allowed = await world.helper.slash(world.channel, "train")  # passes the check; no images yet
+    assert allowed.ephemeral and "Only the workshop host" not in allowed.response.content
 
 
 async def test_one_workshop_per_channel_and_errors_say_what_to_do(world):
