@@ -3,6 +3,7 @@ apply, undo, retrain with before/after, classify pasted images — a real lite0 
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import pytest
 
@@ -87,9 +88,12 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     await env.shutdown()
     await world.bob.react(second, "1️⃣")
     await world.alice.react(third, "✅")
-    env.bot = make_bot(settings, workers)
+    env.bot = make_bot(replace(settings, message_content_intent=True), workers)  # now with the privileged intent
     await env.start()
     await env.bot.recovered.wait()
+    plain = await world.carol.send(ch, "look at mine", attachments=[("c.jpg", photo("squares", 780))])
+    auto = world.channel.last_message
+    assert auto.author.id == env.bot.user.id and "`c.jpg`" in auto.content and auto.reference.message_id == plain.id
     assert board.votes(cand_second["id"]) == {str(world.alice.id): {f"label:{target}"},
                                               str(world.bob.id): {f"label:{target}"}}
 
