@@ -171,14 +171,6 @@ class WorkshopBot(commands.Bot):
         task.add_done_callback(done)
         return task
 
-    async def idle(self, timeout: float = 60.0) -> None:
-        """Wait until no background task is running (tests use this instead of sleeping)."""
-        async with asyncio.timeout(timeout):
-            while self._background or any(j.task and not j.task.done() for j in getattr(self, "queue", None)
-                                          and self.queue.running or ()):
-                pending = list(self._background) + [j.task for j in self.queue.running if j.task]
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-
     # ---------------------------------------------------------- shutdown
 
     async def close(self) -> None:

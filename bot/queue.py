@@ -60,15 +60,18 @@ class TrainQueue:
 
     # ---------------------------------------------------------- changes
 
-    def submit(self, job: Job) -> int:
-        """Queue a job; returns its position (0: it starts now). ConflictError when the server's queue is full
-        or the workshop already has a run queued or running."""
+    def check(self, guild_id: int, workshop_id: int) -> None:
+        """ConflictError when a job for this workshop could not be queued now."""
         if self._closed:
             raise ConflictError("The bot is shutting down; try again in a minute.")
-        if self.jobs_for(job.workshop_id):
+        if self.jobs_for(workshop_id):
             raise ConflictError("This workshop already has a run queued or training; wait for it to finish.")
-        if self.waiting_in(job.guild_id) >= self.cap:
+        if self.waiting_in(guild_id) >= self.cap:
             raise ConflictError(f"This server already has {self.cap} runs waiting; try again when one has started.")
+
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns its position (0: it starts now). ConflictError as `check` says."""
+        self.check(job.guild_id, job.workshop_id)
         self._waiting.setdefault(job.guild_id, deque()).append(job)
         self._pump()
         return job.position

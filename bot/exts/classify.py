@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Sequence
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from imgcls.collect import IMAGE_SUFFIXES
 from imgcls.errors import ImgclsError, InvalidInput, NotFound
 from imgcls.predict import predict_in_worker
 from imgcls.types import IngestLimits
@@ -23,12 +25,11 @@ from ..checks import workshop_here
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 4
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic")
 
 
 def image_attachments(attachments: Sequence[discord.Attachment]) -> list[discord.Attachment]:
     return [a for a in attachments if (a.content_type or "").startswith("image/")
-            or a.filename.lower().endswith(IMAGE_SUFFIXES)][:MAX_IMAGES]
+            or Path(a.filename).suffix.lower() in IMAGE_SUFFIXES][:MAX_IMAGES]
 
 
 class Classify(commands.Cog):

@@ -104,10 +104,7 @@ class Training(commands.Cog):
         if params.epochs > self.bot.settings.max_epochs:
             raise InvalidInput(f"This bot allows at most {self.bot.settings.max_epochs} epochs.")
         queue = self.bot.queue
-        if queue.jobs_for(ws["id"]):
-            raise ConflictError("This workshop already has a run queued or training; wait for it to finish.")
-        if queue.waiting_in(interaction.guild_id) >= queue.cap:
-            raise ConflictError(f"This server already has {queue.cap} runs waiting; try again when one has started.")
+        queue.check(interaction.guild_id, ws["id"])  # before a run is created for nothing
         run_id, spec = await self.bot.db(prepare_run, self.bot.store, ws["id"], params,
                                          requested_by=str(interaction.user.id),
                                          parent_run_id=parent["id"] if parent else None,
