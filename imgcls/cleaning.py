@@ -1,7 +1,9 @@
-"""Cleaning a dataset by vote: candidates from a run's top losses, votes, a decision, an undoable apply.
+"""Cleaning a dataset by vote: candidates (a run's suspects, see imgcls.suspects), votes, a decision,
+an undoable apply.
 
     board = CleaningBoard(store)
-    cid = board.add_candidate(workshop_id, run_id, image_id, predicted="roses")
+    cid = board.add_candidate(workshop_id, run_id, image_id, predicted="roses", kind="label", score=0.04,
+                              reason="labelled *lavender*; the model is 91% sure it is *roses*")
     board.set_votes(cid, {"user1": {"delete"}, "user2": {"delete", "keep"}})
     summary = board.apply(workshop_id, quorum=2, who="host")    # deletes and relabels, one audit batch
     board.undo_last_apply(workshop_id, who="host")
@@ -78,6 +80,10 @@ class CleaningBoard:
                  "probability": float, "loss": float, "channel_id": int, "message_id": int, "status": str,
                  "decision": str, "apply_id": int, "created_at": str, "legend": str},
                 pk="id", foreign_keys=fk, not_null={"status"}, defaults={"status": "open"}, if_not_exists=True)
+            have = set(db["clean_candidates"].columns_dict)  # added with whole-dataset suspects
+            for name, kind in {"kind": str, "score": float, "reason": str}.items():
+                if name not in have:
+                    db["clean_candidates"].add_column(name, kind)
             db["clean_votes"].create({"candidate_id": int, "user_id": str, "choice": str},
                                      pk=("candidate_id", "user_id", "choice"), if_not_exists=True)
             db["clean_applies"].create(
@@ -88,49 +94,80 @@ class CleaningBoard:
 
     def add_candidate(self, workshop_id: int, run_id: int, image_id: int, *, predicted: str,
                       probability: float = 0.0, loss: float = 0.0, channel_id: Optional[int] = None,
-                      legend: Iterable[str] = ()) -> int:
-        """Put an image up for a vote; `legend` is the label order its relabel choices were shown in."""
+                      legend: Iterable[str] = (), kind: str = "label", score: Optional[float] = None,
+                      reason: str = "") -> int:
+        """Put an image up for a vote; `legend` is the label order its relabel choices were shown in.
+        `kind`, `score` and `reason` say why it is suspect (imgcls.suspects)."""
         s = self.store
         with s.transaction():
             image = s.image(image_id)
             if image["workshop_id"] != workshop_id:
                 raise NotFound(f"There is no image {image_id} in this workshop.")
-            if s._one("SELECT 1 FROM clean_candidates WHERE image_id = ? AND status = 'open'", [image_id]):
+            if self._first("SELECT 1 FROM clean_candidates WHERE image_id = ? AND status = 'open'", [image_id]):
                 raise ConflictError(f"Image {image_id} is already up for a vote.")
-            return s._insert("clean_candidates", {
+            return s.db["clean_candidates"].insert({
                 "workshop_id": workshop_id, "run_id": run_id, "image_id": image_id, "label": image["label"],
                 "predicted": predicted, "probability": probability, "loss": loss, "channel_id": channel_id,
-                "status": "open", "created_at": now(), "legend": json.dumps(list(legend))})
+                "status": "open", "created_at": now(), "legend": json.dumps(list(legend)), "kind": kind,
+                "score": score, "reason": reason}).last_pk
+
+    def withdraw(self, candidate_id: int) -> None:
+        """Forget a candidate whose message never went out (and so has no votes)."""
+        with self.store.transaction():
+            self.store.db.execute("DELETE FROM clean_votes WHERE candidate_id = ?", [candidate_id])
+            self.store.db.execute("DELETE FROM clean_candidates WHERE id = ? AND message_id IS NULL", [candidate_id])
 
     def set_message(self, candidate_id: int, message_id: int) -> None:
         with self.store.transaction():
-            self.store._update("clean_candidates", candidate_id, {"message_id": message_id})
+            self.store.db["clean_candidates"].update(candidate_id, {"message_id": message_id})
+
+    def _first(self, sql: str, params: Iterable[Any] = ()) -> Optional[dict[str, Any]]:
+        return next(iter(self.store.db.query(sql, list(params))), None)
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.store.db.query(sql, list(params)))
 
     def candidate(self, candidate_id: int) -> dict[str, Any]:
-        row = self.store._one("SELECT * FROM clean_candidates WHERE id = ?", [candidate_id])
+        row = self._first("SELECT * FROM clean_candidates WHERE id = ?", [candidate_id])
         if row is None:
             raise NotFound(f"There is no vote {candidate_id}.")
         return _decoded(row)
 
     def by_message(self, message_id: int) -> Optional[dict[str, Any]]:
-        row = self.store._one("SELECT * FROM clean_candidates WHERE message_id = ? AND status = 'open'",
-                              [message_id])
+        row = self._first("SELECT * FROM clean_candidates WHERE message_id = ? AND status = 'open'", [message_id])
         return _decoded(row) if row else None
 
     def open_candidates(self, workshop_id: Optional[int] = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM clean_candidates WHERE status = 'open'", []
         if workshop_id is not None:
             sql, params = sql + " AND workshop_id = ?", [workshop_id]
-        return [_decoded(r) for r in self.store._rows(sql + " ORDER BY id", params)]
+        return [_decoded(r) for r in self._all(sql + " ORDER BY id", params)]
 
     def open_image_ids(self, workshop_id: int) -> set[int]:
         return {r["image_id"] for r in self.open_candidates(workshop_id)}
+
+    def kept_scores(self, workshop_id: int) -> dict[int, tuple[str, float]]:
+        """{image_id: (why it was suspect, its score) when the group last voted to keep it}, for images whose
+        latest vote (one that was not undone) ended in a majority for keep. A vote left without a quorum, or
+        tied, decided nothing."""
+        rows = self._all(
+            "SELECT c.image_id, c.kind, c.score, c.decision FROM clean_candidates c JOIN clean_applies a "
+            "ON a.id = c.apply_id WHERE c.workshop_id = ? AND c.status = 'closed' AND a.undone_at IS NULL "
+            "ORDER BY c.id", [workshop_id])
+        kept: dict[int, tuple[str, float]] = {}
+        for r in rows:
+            decision = json.loads(r["decision"] or "{}")
+            if decision.get("action") == KEEP and decision.get("why") == "majority keep" and r["score"] is not None:
+                kept[r["image_id"]] = (r["kind"] or "label", float(r["score"]))
+            else:
+                kept.pop(r["image_id"], None)
+        return kept
 
     # ---------------------------------------------------------- votes
 
     def votes(self, candidate_id: int) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for r in self.store._rows("SELECT user_id, choice FROM clean_votes WHERE candidate_id = ?", [candidate_id]):
+        for r in self._all("SELECT user_id, choice FROM clean_votes WHERE candidate_id = ?", [candidate_id]):
             out.setdefault(r["user_id"], set()).add(r["choice"])
         return out
 
@@ -169,8 +206,8 @@ class CleaningBoard:
             open_rows = self.open_candidates(workshop_id)
             if not open_rows:
                 raise NotFound("There are no open votes; post some with /clean first.")
-            apply_id = s._insert("clean_applies", {"workshop_id": workshop_id, "batch": batch, "who": who,
-                                                   "at": now()})
+            apply_id = s.db["clean_applies"].insert({"workshop_id": workshop_id, "batch": batch, "who": who,
+                                                     "at": now()}).last_pk
             for c in open_rows:
                 image = s.image(c["image_id"])
                 decision = decide(self.votes(c["id"]), image["label"], quorum)
@@ -184,7 +221,7 @@ class CleaningBoard:
                     s.delete_images(workshop_id, [image["id"]], who=who, why=why, batch=batch)
                 elif decision.action == "relabel":
                     s.relabel(workshop_id, image["id"], decision.label, who=who, why=why, batch=batch)
-                s._update("clean_candidates", c["id"], {
+                s.db["clean_candidates"].update(c["id"], {
                     "status": "closed", "apply_id": apply_id,
                     "decision": json.dumps({"action": decision.action, "label": decision.label,
                                             "voters": decision.voters, "votes": decision.votes, "why": note})})
@@ -195,7 +232,7 @@ class CleaningBoard:
                        "deleted": sum(r["action"] == "delete" for r in results),
                        "relabelled": sum(r["action"] == "relabel" for r in results),
                        "kept": sum(r["action"] == KEEP for r in results)}
-            s._update("clean_applies", apply_id, {"summary": json.dumps(summary)})
+            s.db["clean_applies"].update(apply_id, {"summary": json.dumps(summary)})
         return summary
 
     def _has_label(self, workshop_id: int, label: Optional[str]) -> bool:
@@ -209,8 +246,8 @@ class CleaningBoard:
         """Revert the newest apply that is not undone yet; returns its summary."""
         s = self.store
         with s.transaction():
-            row = s._one("SELECT * FROM clean_applies WHERE workshop_id = ? AND undone_at IS NULL ORDER BY id DESC "
-                         "LIMIT 1", [workshop_id])
+            row = self._first("SELECT * FROM clean_applies WHERE workshop_id = ? AND undone_at IS NULL ORDER BY id "
+                              "DESC LIMIT 1", [workshop_id])
             if row is None:
                 raise NotFound("There is no applied clean-up to undo.")
             summary = json.loads(row["summary"] or "{}")
@@ -219,12 +256,12 @@ class CleaningBoard:
                     s.undo(workshop_id, batch=row["batch"], who=who, why=f"undo clean-up {row['id']}")
                 except NotFound:
                     log.info("clean-up %s was already undone change by change", row["id"])
-            s._update("clean_applies", row["id"], {"undone_at": now()})
+            s.db["clean_applies"].update(row["id"], {"undone_at": now()})
         return summary
 
     def changes_since(self, workshop_id: int, since: str) -> list[dict[str, Any]]:
         """Deletes and relabels made after `since` (ISO time) that are still in effect."""
-        return self.store._rows(
+        return self._all(
             "SELECT a.*, i.label AS current_label FROM audit a JOIN images i ON i.id = a.image_id "
             "WHERE a.workshop_id = ? AND a.at > ? AND a.action != 'undo' AND a.undone_by IS NULL ORDER BY a.id",
             [workshop_id, since])

@@ -4,6 +4,7 @@
     imgcls add-folder flowers ~/photos        # ~/photos/sunflowers/*.jpg, ...
     imgcls train flowers --arch lite0 --epochs 3
     imgcls results flowers --out results/
+    imgcls suspects flowers --count 10        # the images most likely to be wrong, best first
     imgcls predict flowers mystery.jpg
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import __version__
 from .credits import credit_line
 from .errors import ImgclsError, InvalidInput
 from .store import Store, parse_labels
-from .types import ARCHS, REJECT_REASONS, ImageMeta, Progress
+from .types import ARCHS, REJECT_REASONS, SUSPECT_METHODS, ImageMeta, Progress
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def cmd_train(store: Store, args: argparse.Namespace) -> int:
 
     ws = store.find_workshop(args.name)
     params = RunParams(arch=args.arch, epochs=args.epochs, size=args.size, bs=args.bs, device=args.device,
-                       valid_pct=args.valid_pct, seed=args.seed)
+                       valid_pct=args.valid_pct, seed=args.seed, suspects=args.suspects)
     line = ProgressLine(sys.stdout)
     state = {"header": False}
 
@@ -182,6 +183,29 @@ def _pick_run(store: Store, ws: dict, run_id: Optional[int]) -> dict:
     if run["status"] != "done":
         raise InvalidInput(f"Run {run_id} is {run['status']}, so it has no results.")
     return run
+
+
+def cmd_suspects(store: Store, args: argparse.Namespace) -> int:
+    from .suspects import SuspectBook
+
+    ws = store.find_workshop(args.name)
+    book = SuspectBook(store)
+    if args.run is not None:
+        _pick_run(store, ws, args.run)
+    picked = book.pick(ws["id"], args.count, run_id=args.run)
+    run = store.run(picked.run_id)
+    scoring = run["scoring"] or {}
+    print(f"Run {run['id']} checked {scoring.get('scored', 0)} images ({scoring.get('method', '?')}, "
+          f"{scoring.get('seconds', 0):.0f}s): {picked.available} suspects can go up for a vote.")
+    if not picked.suspects:
+        return 0
+    print(f"{'rank':>4}  {'image':>6}  {'side':<5}  {'kind':<9}  {'score':>5}  why")
+    for n, s in enumerate(picked.suspects, 1):
+        print(f"{n:>4}  {s.image_id:>6}  {'valid' if s.valid else 'train':<5}  {s.kind:<9}  {s.score:>5.3f}  "
+              f"{s.reason.replace('*', '')}")
+    if picked.short:
+        print(f"(asked for {args.count}; only {picked.available} are left)")
+    return 0
 
 
 def cmd_predict(store: Store, args: argparse.Namespace) -> int:
@@ -340,9 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--valid-pct", type=float, default=0.2)
     sp.add_argument("--seed", type=int, default=42)
     sp.add_argument("--timeout", type=float, default=3600, help="wall-clock limit in seconds")
+    sp.add_argument("--suspects", default="auto", choices=SUSPECT_METHODS,
+                    help="how every image is checked after training (auto = embed: pretrained embeddings, k-fold logistic regression)")
     sp = add("results", cmd_results, "show a run's epochs, accuracy and confusions; write its plots")
     sp.add_argument("--run", type=int, help="run id (default: the latest finished run)")
     sp.add_argument("--out", help="folder for the confusion matrix and top-losses PNGs")
+    sp = add("suspects", cmd_suspects, "the images a run found most likely mislabelled, off-topic or duplicated")
+    sp.add_argument("--count", type=int, default=20, help="how many to list (default 20)")
+    sp.add_argument("--run", type=int, help="run id (default: the latest finished run)")
     sp = add("predict", cmd_predict, "classify an image file")
     sp.add_argument("image")
     sp.add_argument("--run", type=int)

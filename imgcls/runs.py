@@ -1,8 +1,13 @@
 """A training run from the workshop's point of view: snapshot the dataset, train, record.
 
-    run_id, spec = prepare_run(store, workshop_id, arch="lite0", epochs=3)
+    run_id, spec = prepare_run(store, workshop_id, RunParams(arch="lite0", epochs=3))
     future = executor.submit(train, spec, progress=..., timeout=...)
     record_outcome(store, run_id, future)    # after it finishes: done, failed or cancelled
+
+Every image keeps its side of the split from run to run (imgcls.split); a run with a
+parent (a retrain) also scores the parent's model on its validation images, so the
+before/after rests on the same images (imgcls.compare). The job's image scores are stored
+with the run (imgcls.suspects).
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from typing import Any, Callable, Optional
 
 from .credits import credit_line
 from .errors import ImgclsError, JobCancelled
+from .split import SplitBook
 from .store import Store
+from .suspects import SuspectBook
 from .train import check_spec, train
-from .types import Progress, TrainItem, TrainSpec
+from .types import CompareTo, Progress, TrainItem, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +39,16 @@ class RunParams:
     device: str = "auto"
     item_tfm: str = "resize"
     augment: bool = True
+    suspects: str = "auto"  # how the job checks every image: auto, kfold, embed, insample, none
+    folds: int = 4
 
 
 def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Optional[int] = None) -> TrainSpec:
-    """The workshop's active images as a TrainSpec; checked, so a hopeless dataset fails here."""
+    """The workshop's active images as a TrainSpec, each with its lasting side of the split; checked, so a
+    hopeless dataset fails here."""
     rows = store.images(workshop_id)
-    items = tuple(TrainItem(r["id"], str(store.image_path(r)), r["label"]) for r in rows)
+    sides = SplitBook(store).assign(workshop_id, rows, seed=params.seed, valid_pct=params.valid_pct)
+    items = tuple(TrainItem(r["id"], str(store.image_path(r)), r["label"], valid=sides[r["id"]]) for r in rows)
     credits = tuple((r["id"], line) for r in rows if (line := credit_line(r, short=True)))
     spec = TrainSpec(items=items, labels=tuple(store.labels(workshop_id)), out_dir="", run_id=run_id,
                      credits=credits, **vars(params))
@@ -48,10 +59,15 @@ def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Option
 def prepare_run(store: Store, workshop_id: int, params: RunParams, *, requested_by: Optional[str] = None,
                 parent_run_id: Optional[int] = None, channel_id: Optional[int] = None) -> tuple[int, TrainSpec]:
     """Check the dataset, create a queued run and record the exact snapshot it will train on."""
+    compare = None
+    if parent_run_id is not None:
+        parent = store.run(parent_run_id)
+        if parent["status"] == "done" and parent["model_path"] and parent["model_sha256"]:
+            compare = CompareTo(parent_run_id, parent["model_path"], parent["model_sha256"])
     spec = build_spec(store, workshop_id, params)
     run_id = store.create_run(workshop_id, vars(params), requested_by=requested_by, parent_run_id=parent_run_id,
                               channel_id=channel_id)
-    spec = replace(spec, run_id=run_id, out_dir=str(store.run_dir(run_id)))
+    spec = replace(spec, run_id=run_id, out_dir=str(store.run_dir(run_id)), compare=compare)
     store.record_snapshot(run_id, ((i.image_id, i.label) for i in spec.items))
     return run_id, spec
 
@@ -68,7 +84,9 @@ def record_outcome(store: Store, run_id: int, future: Future) -> dict[str, Any]:
         log.exception("run %s failed", run_id)
         store.mark_run(run_id, "failed", error=f"unexpected error: {type(exc).__name__}: {exc}")
     else:
-        store.finish_run(run_id, result)
+        with store.transaction():  # the run and its image scores land together
+            store.finish_run(run_id, result)
+            SuspectBook(store).record(run_id, result.scores)
     return store.run(run_id)
 
 

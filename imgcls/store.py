@@ -193,6 +193,8 @@ class Store:
         )
         # Added after the first release: where a run is announced, and which process runs it.
         self._ensure_columns("runs", {"owner": str, "channel_id": int, "message_id": int})
+        # Added with whole-dataset suspects and the fair before/after.
+        self._ensure_columns("runs", {"parent_predictions": str, "scoring": str})
         db["downloads"].create(
             {"id": int, "workshop_id": int, "status": str, "per_label": int, "sources": str, "requested_by": str,
              "owner": str, "channel_id": int, "message_id": int, "created_at": str, "finished_at": str,
@@ -556,7 +558,7 @@ class Store:
         if row is None:
             raise NotFound(f"There is no run {run_id}.")
         for key in ("params", "snapshot", "labels", "epochs", "metrics", "confusion", "most_confused",
-                    "top_losses", "valid_predictions", "artefacts"):
+                    "top_losses", "valid_predictions", "artefacts", "parent_predictions", "scoring"):
             row[key] = json.loads(row[key]) if row[key] else None
         return row
 
@@ -596,7 +598,10 @@ class Store:
                 metrics={"accuracy": result.accuracy, "valid_loss": result.valid_loss, "seconds": result.seconds,
                          "n_train": result.n_train, "n_valid": result.n_valid},
                 confusion=plain["confusion"], most_confused=plain["most_confused"], top_losses=plain["top_losses"],
-                valid_predictions=plain["valid_predictions"],
+                valid_predictions=plain["valid_predictions"], parent_predictions=plain["parent_predictions"],
+                scoring={"method": result.scoring_method, "seconds": result.scoring_seconds,
+                         "train_seconds": result.train_seconds, "scored": len(result.scores),
+                         "error": result.scoring_error or None},
                 snapshot={**(self.run(run_id)["snapshot"] or {}), "split": plain["split"]},
                 model_path=result.model_path, model_sha256=result.model_sha256, artefacts=dict(result.artefacts),
             )

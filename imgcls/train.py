@@ -11,11 +11,13 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .errors import InvalidInput, NotReady, TrainingFailed
-from .types import ARCHS, EpochMetrics, Progress, TopLoss, TrainItem, TrainResult, TrainSpec
+from .split import split_items
+from .types import ARCHS, SUSPECT_METHODS, EpochMetrics, Progress, TopLoss, TrainItem, TrainResult, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +34,18 @@ def item_label(item: TrainItem) -> str:
     return item.label
 
 
-class StratifiedRandomSplitter:
-    """fastai's seeded RandomSplitter applied within each label, so every label gets its share of
-    validation images (a plain random split of a small workshop can leave a label with none)."""
+def item_is_valid(item: TrainItem) -> bool:
+    return bool(item.valid)
 
-    def __init__(self, valid_pct: float = 0.2, seed: int = 42) -> None:
-        self.valid_pct, self.seed = valid_pct, seed
 
-    def __call__(self, items) -> tuple[list[int], list[int]]:
-        from fastai.data.transforms import RandomSplitter
-
-        by_label: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            by_label.setdefault(item.label, []).append(i)
-        train_idx, valid_idx = [], []
-        for indices in by_label.values():
-            t, v = RandomSplitter(valid_pct=self.valid_pct, seed=self.seed)(indices)
-            train_idx += [indices[i] for i in t]
-            valid_idx += [indices[i] for i in v]
-        return sorted(train_idx), sorted(valid_idx)
+def with_split(spec: TrainSpec) -> tuple[TrainItem, ...]:
+    """The spec's items with their split sides; items without one (a spec made by hand) get the side a fresh
+    workshop would give them (imgcls.split), from the file's path in place of its sha256."""
+    if all(item.valid is not None for item in spec.items):
+        return spec.items
+    sides = split_items(((i.image_id, i.label, i.path) for i in spec.items if i.valid is None), spec.seed,
+                        spec.valid_pct)
+    return tuple(i if i.valid is not None else replace(i, valid=sides[i.image_id]) for i in spec.items)
 
 
 def check_spec(spec: TrainSpec) -> None:
@@ -67,6 +62,10 @@ def check_spec(spec: TrainSpec) -> None:
         raise InvalidInput("The validation share must be between 0.05 and 0.5.")
     if spec.device not in ("auto", "cpu", "cuda"):
         raise InvalidInput(f"Unknown device '{spec.device}'; use auto, cpu or cuda.")
+    if spec.suspects not in SUSPECT_METHODS:
+        raise InvalidInput(f"Unknown way of checking images '{spec.suspects}'; use one of: {', '.join(SUSPECT_METHODS)}.")
+    if not 2 <= spec.folds <= 10:
+        raise InvalidInput("The number of folds must be between 2 and 10.")
     counts = Counter(item.label for item in spec.items)
     used = [label for label in spec.labels if counts[label]]
     if len(used) < 2:
@@ -98,30 +97,30 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def build_dataloaders(spec: TrainSpec, device: str):
-    """The seeds' DataBlock: ImageBlock/CategoryBlock, a seeded random split (per label), Resize or
-    RandomResizedCrop, aug_transforms."""
+def build_dataloaders(spec: TrainSpec, device: str, items: Optional[Sequence[TrainItem]] = None):
+    """The seeds' DataBlock: ImageBlock/CategoryBlock, the split carried by the items (imgcls.split),
+    Resize or RandomResizedCrop, aug_transforms."""
     import torch
     from fastai.data.block import CategoryBlock, DataBlock
-    from fastai.data.transforms import Normalize
+    from fastai.data.transforms import FuncSplitter, Normalize
     from fastai.vision.augment import RandomResizedCrop, Resize, aug_transforms
     from fastai.vision.data import ImageBlock
 
     from .archs import LITE0_STATS
 
+    items = list(items if items is not None else with_split(spec))
     item_tfms = RandomResizedCrop(spec.size, min_scale=0.5) if spec.item_tfm == "random_resized_crop" else Resize(spec.size)
     batch_tfms = list(aug_transforms()) if spec.augment else []
     if spec.arch == "lite0":  # fastai knows the torchvision stats; lite0's are added here
         batch_tfms.append(Normalize.from_stats(*LITE0_STATS))
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(spec.labels), sort=False)),
-        get_x=item_path, get_y=item_label,
-        splitter=StratifiedRandomSplitter(valid_pct=spec.valid_pct, seed=spec.seed),
+        get_x=item_path, get_y=item_label, splitter=FuncSplitter(item_is_valid),
         item_tfms=item_tfms, batch_tfms=batch_tfms,
     )
-    n_train = int(len(spec.items) * (1 - spec.valid_pct))
+    n_train = sum(1 for item in items if not item.valid)
     bs = max(2, min(spec.bs, n_train))
-    return block.dataloaders(list(spec.items), bs=bs, num_workers=spec.num_workers, device=torch.device(device))
+    return block.dataloaders(items, bs=bs, num_workers=spec.num_workers, device=torch.device(device))
 
 
 def check_split(spec: TrainSpec, dls) -> None:
@@ -146,8 +145,32 @@ def warm_up() -> None:
     from . import archs, interpret  # noqa: F401
 
 
+def make_learner(spec: TrainSpec, dls, device: str):
+    """vision_learner with the spec's architecture: channels_last on both devices, mixed precision on GPU."""
+    from fastai.metrics import accuracy
+    from fastai.vision.learner import vision_learner
+
+    from . import archs
+
+    arch, arch_kwargs = archs.resolve(spec.arch)
+    learn = vision_learner(dls, arch, metrics=accuracy, path=Path(spec.out_dir or "."), **arch_kwargs)
+    # channels_last: faster convolutions on GPU and CPU alike (about 1.5x for lite0 on CPU);
+    # mixed precision on GPU only, plain float32 on CPU.
+    return learn.to_channelslast(use_amp=device == "cuda")
+
+
+def fine_tune(learn, spec: TrainSpec, cbs=()) -> None:
+    import torch
+
+    try:
+        with learn.no_bar(), learn.no_logging():
+            learn.fine_tune(spec.epochs, freeze_epochs=spec.freeze_epochs, cbs=list(cbs))
+    except torch.cuda.OutOfMemoryError as exc:
+        raise TrainingFailed("The GPU ran out of memory; train again with a smaller batch size or image size.") from exc
+
+
 def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult:
-    """Fine-tune a pretrained model on the spec's images; export it and its interpretation."""
+    """Fine-tune a pretrained model on the spec's images; export it and its interpretation; check every image."""
     emit = progress or (lambda event: None)
     started = time.monotonic()
     check_spec(spec)
@@ -156,28 +179,25 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     import torch
     from fastai.callback.core import Callback
     from fastai.interpret import ClassificationInterpretation
-    from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
-    from fastai.vision.learner import vision_learner
 
-    from . import archs, interpret
+    from . import interpret, scoring
 
     set_seed(spec.seed)  # python, numpy and torch, so a run can be repeated
     if spec.device != "cuda":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
     device = pick_device(spec.device)
+    method = scoring.pick_method(spec.suspects, device)
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     emit(Progress("stage", message="preparing images"))
-    dls = build_dataloaders(spec, device)
+    items = with_split(spec)
+    spec = replace(spec, items=items)
+    dls = build_dataloaders(spec, device, items)
     check_split(spec, dls)
-    arch, arch_kwargs = archs.resolve(spec.arch)
     emit(Progress("stage", message=f"loading pretrained {spec.arch}"))
-    learn = vision_learner(dls, arch, metrics=accuracy, path=out_dir, **arch_kwargs)
-    # channels_last: faster convolutions on GPU and CPU alike (about 1.5x for lite0 on CPU);
-    # mixed precision on GPU only, plain float32 on CPU.
-    learn = learn.to_channelslast(use_amp=device == "cuda")
+    learn = make_learner(spec, dls, device)
 
     total = spec.total_epochs
     epochs: list[EpochMetrics] = []
@@ -205,11 +225,9 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
             epochs.append(metrics)
             emit(Progress("epoch_end", epoch=metrics.epoch, total_epochs=total, metrics=metrics))
 
-    try:
-        with learn.no_bar(), learn.no_logging():
-            learn.fine_tune(spec.epochs, freeze_epochs=spec.freeze_epochs, cbs=[Report()])
-    except torch.cuda.OutOfMemoryError as exc:
-        raise TrainingFailed("The GPU ran out of memory; train again with a smaller batch size or image size.") from exc
+    fit_started = time.monotonic()
+    fine_tune(learn, spec, [Report()])
+    train_seconds = time.monotonic() - fit_started
 
     emit(Progress("stage", message="interpreting"))
     with learn.no_bar():
@@ -235,6 +253,14 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
         (item.image_id, labels[int(pred_idx[i])], float(probs[i, pred_idx[i]])) for i, item in enumerate(valid_items)
     )
     correct = sum(1 for i, item in enumerate(valid_items) if labels[int(pred_idx[i])] == item.label)
+    parent_predictions = compare_parent(spec, valid_items, emit)
+
+    all_dl = dls.test_dl(list(items), bs=min(64, max(1, len(items))), num_workers=spec.num_workers)
+    insample = None
+    if method == "insample":  # the final model on every image, before export moves it to the CPU
+        with learn.no_bar():
+            insample = learn.get_preds(dl=all_dl)[0].float().numpy()
+    valid_probs = {item.image_id: probs[i].float().numpy() for i, item in enumerate(valid_items)}
 
     emit(Progress("stage", message="exporting the model"))
     learn = learn.to_contiguous(to_fp32=True)
@@ -243,21 +269,98 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     learn.export(model_path)
 
     credits = dict(spec.credits)
-    artefacts = (
+    artefacts = [
         ("confusion", str(_write(out_dir / "confusion.png", interpret.render_confusion(labels, confusion)))),
         ("top_losses", str(_write(out_dir / "top_losses.png", interpret.render_top_losses(
             [interpret.Tile.from_top_loss(t, credits.get(t.image_id)) for t in top])))),
-    )
-    valid_ids = {item.image_id for item in valid_items}
+    ]
+    if parent_predictions:
+        from .compare import confusion_of
+
+        before_labels, before_matrix = confusion_of(labels, [(item.label, p[1]) for item, p in
+                                                             zip(valid_items, parent_predictions)])
+        artefacts.append(("before_confusion", str(_write(out_dir / "before_confusion.png", interpret.render_confusion(
+            before_labels, before_matrix, title=f"Run {spec.compare.run_id}'s model on these images")))))
+
+    class FoldReport(Callback):
+        """Progress while an extra model trains: its epoch, in the status line."""
+        order = 60
+
+        def __init__(self, title: str) -> None:
+            self.title = title  # (Callback.name is fastai's own)
+
+        def before_epoch(self):
+            emit(Progress("stage", message=f"{self.title}, epoch {self.epoch + 1} of {spec.total_epochs}"))
+
+    folds_done = [0]
+
+    def fit_fold(held: list[bool]):
+        """The run's recipe trained without the held-out items; their probabilities, in `items` order."""
+        folds_done[0] += 1
+        fold_items = [replace(item, valid=h) for item, h in zip(items, held)]
+        fold_dls = build_dataloaders(spec, device, fold_items)
+        fold_learn = make_learner(spec, fold_dls, device)
+        fine_tune(fold_learn, spec, [FoldReport(f"checking every image's label: extra model {folds_done[0]} of "
+                                                f"{spec.folds - 1}")])
+        with fold_learn.no_bar():
+            fold_probs, _ = fold_learn.get_preds(dl=fold_dls.valid)
+        order = {item.image_id: n for n, item in enumerate(fold_dls.valid_ds.items)}
+        wanted = [item.image_id for item, h in zip(items, held) if h]
+        return fold_probs.float().numpy()[[order[i] for i in wanted]]
+
+    # The model is safe on disk: a check that fails costs the suspects, never the run.
+    scores, scoring_seconds, scoring_error = (), 0.0, ""
+    if method != "none":
+        try:
+            scores, scoring_seconds = scoring.check_images(spec, method, dls=dls, all_dl=all_dl, device=device,
+                                                           valid_probs=valid_probs, insample_probs=insample,
+                                                           fit_fold=fit_fold, emit=emit)
+        except Exception as exc:  # noqa: BLE001 - reported with the run
+            log.exception("checking run %s's images failed", spec.run_id)
+            scoring_error = (str(exc) if isinstance(exc, TrainingFailed) else
+                             f"checking the images failed ({type(exc).__name__}: {exc})")
+            emit(Progress("stage", message="checking the images failed; the model is fine"))
     return TrainResult(
         run_id=spec.run_id, arch=spec.arch, device=device, labels=labels, epochs=tuple(epochs),
         accuracy=correct / max(1, len(valid_items)), valid_loss=epochs[-1].valid_loss if epochs else float("nan"),
         confusion=confusion, most_confused=most_confused, top_losses=top,
-        split=tuple((item.image_id, item.image_id in valid_ids) for item in spec.items),
+        split=tuple((item.image_id, bool(item.valid)) for item in items),
         valid_predictions=valid_predictions, model_path=str(model_path), model_sha256=sha256_file(model_path),
-        artefacts=artefacts, seconds=time.monotonic() - started,
+        artefacts=tuple(artefacts), seconds=time.monotonic() - started,
         n_train=len(dls.train_ds), n_valid=len(valid_items),
+        scores=scores, scoring_method=method, scoring_seconds=scoring_seconds, train_seconds=train_seconds,
+        scoring_error=scoring_error,
+        parent_predictions=parent_predictions,
     )
+
+
+def compare_parent(spec: TrainSpec, valid_items: Sequence[TrainItem], emit: ProgressFn) -> tuple:
+    """The compared run's model on this run's validation images: (image_id, predicted, probability) each."""
+    if spec.compare is None or not valid_items:
+        return ()
+    from .errors import ModelRefused
+    from .predict import fast_probabilities, load_verified
+
+    emit(Progress("stage", message=f"scoring run {spec.compare.run_id}'s model on the same images"))
+    try:
+        before = load_verified(spec.compare.model_path, spec.compare.model_sha256)
+        from fastai.vision.core import PILImage
+
+        vocab = [str(v) for v in before.dls.vocab]
+        out = []
+        for start in range(0, len(valid_items), 32):
+            chunk = valid_items[start:start + 32]
+            probs = fast_probabilities(before, [PILImage.create(item.path) for item in chunk])
+            for item, row in zip(chunk, probs):
+                best = int(row.argmax())
+                out.append((item.image_id, vocab[best], float(row[best])))
+    except ModelRefused as exc:
+        log.warning("before/after: run %s's model was not loaded: %s", spec.compare.run_id, exc)
+        return ()
+    except Exception:  # the comparison is a bonus: the new run stands without it
+        log.exception("before/after: scoring run %s's model failed", spec.compare.run_id)
+        return ()
+    return tuple(out)
 
 
 def _write(path: Path, data: bytes) -> Path:

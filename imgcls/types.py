@@ -130,6 +130,20 @@ class TrainItem:
     image_id: int
     path: str  # absolute path of the stored image file
     label: str
+    valid: Optional[bool] = None  # its side of the split (imgcls.split); None: decided in the job
+
+
+#: How a run finds suspect images (imgcls.scoring). "auto" picks by device: see scoring.pick_method.
+SUSPECT_METHODS = ("auto", "kfold", "embed", "insample", "none")
+
+
+@dataclass(frozen=True)
+class CompareTo:
+    """An earlier run's model, scored by a retrain on the new run's validation images (a fair before/after)."""
+
+    run_id: int
+    model_path: str
+    model_sha256: str
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,9 @@ class TrainSpec:
     top_losses: int = 9
     run_id: Optional[int] = None
     credits: tuple[tuple[int, str], ...] = ()  # (image_id, short credit) for the top-loss tiles
+    suspects: str = "auto"  # one of SUSPECT_METHODS: how every image is checked after training
+    folds: int = 4  # for suspects="kfold"
+    compare: Optional[CompareTo] = None  # the run before this one, for /retrain's before/after
 
     @property
     def total_epochs(self) -> int:
@@ -178,6 +195,24 @@ class TopLoss:
 
 
 @dataclass(frozen=True)
+class ImageScore:
+    """One image checked after a run, with probabilities from a model that never trained on its label."""
+
+    image_id: int
+    label: str  # the label it had in the run
+    predicted: str  # the checking model's best label
+    probability: float  # the checking model's probability for `predicted`
+    label_probability: float  # ... and for the image's own label
+    label_score: float  # cleanlab's label quality: near 0 surely mislabelled, near 1 fine
+    label_issue: bool  # cleanlab flags the label as wrong
+    outlier_score: float = 1.0  # cleanlab's: near 0 unlike every other image
+    outlier: bool = False
+    duplicate_of: Optional[int] = None  # the image it is almost the same as
+    duplicate_score: float = 1.0  # cleanlab's: near 0 an exact copy
+    valid: bool = False  # on the validation side of the run's split
+
+
+@dataclass(frozen=True)
 class TrainResult:
     run_id: Optional[int]
     arch: str
@@ -197,6 +232,12 @@ class TrainResult:
     seconds: float
     n_train: int
     n_valid: int
+    scores: tuple[ImageScore, ...] = ()  # every image of the snapshot, checked out of fold
+    scoring_method: str = "none"
+    scoring_seconds: float = 0.0  # what checking added to the job
+    train_seconds: float = 0.0  # the fine_tune itself
+    scoring_error: str = ""  # why the check found nothing, when it failed (the model is fine)
+    parent_predictions: tuple[tuple[int, str, float], ...] = ()  # the compared run's model on our valid images
 
 
 @dataclass(frozen=True)

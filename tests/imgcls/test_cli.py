@@ -1,7 +1,6 @@
 """The imgcls command, end to end on generated photos."""
 from __future__ import annotations
 
-import pytest
 
 from imgcls.cli import bar, main
 
@@ -132,3 +131,24 @@ def test_download_refuses_unknown_sources(tmp_path, capsys):
     run(capsys, "--data-dir", data, "init", "w", "--labels", "a,b")
     code, _, err = run(capsys, "--data-dir", data, "download", "w", "--per-label", "5", "--sources", "bing")
     assert code == 2 and "bing" in err and "openverse" in err
+
+
+def test_suspects_lists_the_images_most_likely_wrong(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    photos = write_image_folders(tmp_path / "photos", per_label=10, size=64, labels=("circles", "squares"))
+    run(capsys, "--data-dir", data, "init", "shapes", "--labels", "circles, squares")
+    run(capsys, "--data-dir", data, "add-folder", "shapes", str(photos), "--jobs", "1")
+    code, out, err = run(capsys, "--data-dir", data, "suspects", "shapes")
+    assert code == 2 and "train one first" in err
+    run(capsys, "--data-dir", data, "relabel", "shapes", "3", "squares")  # a circle, now labelled squares
+    code, out, _ = run(capsys, "--data-dir", data, "train", "shapes", "--epochs", "1", "--size", "64", "--bs", "8",
+                       "--suspects", "embed")
+    assert code == 0, out
+    code, out, _ = run(capsys, "--data-dir", data, "suspects", "shapes", "--count", "3")
+    assert code == 0 and "Run 1 checked 20 images (embed" in out
+    rows = [line.split() for line in out.splitlines()[2:] if line.strip() and line.split()[0].isdigit()]
+    assert rows and len(rows) <= 3 and rows[0][0] == "1"
+    assert any(r[1] == "3" and "labelled squares; the model is" in line
+               for r, line in zip(rows, out.splitlines()[2:])), out
+    code, out, _ = run(capsys, "--data-dir", data, "suspects", "shapes", "--count", "500")
+    assert "(asked for 500; only" in out

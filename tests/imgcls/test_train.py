@@ -8,7 +8,7 @@ import pytest
 
 from imgcls.errors import NotReady
 from imgcls.jobs import ProcessJobExecutor
-from imgcls.runs import RunParams, build_spec, prepare_run, record_outcome, train_workshop
+from imgcls.runs import RunParams, prepare_run, train_workshop
 from imgcls.train import check_spec, train
 from imgcls.types import TrainItem, TrainSpec
 
@@ -30,7 +30,11 @@ def test_run_records_epochs_confusion_top_losses_and_split(trained):
     n_valid, total = run["metrics"]["n_valid"], len(trained.store.images(trained.workshop_id))
     assert total >= 85 and run["metrics"]["n_train"] == total - n_valid
     per_label = {label: sum(1 for t in trained.store.images(trained.workshop_id) if t["label"] == label) for label in LABELS}
-    assert n_valid == sum(int(0.2 * n) for n in per_label.values())  # every label gets its share
+    labels_of = {r["id"]: r["label"] for r in trained.store.images(trained.workshop_id)}
+    valid_of = [labels_of[i] for i, valid in run["snapshot"]["split"] if valid]
+    assert len(valid_of) == n_valid
+    for label, n in per_label.items():  # every label gets its share, to within one image
+        assert abs(valid_of.count(label) - 0.2 * n) <= 1, (label, valid_of.count(label), n)
     assert sum(map(sum, run["confusion"])) == n_valid
     right = sum(run["confusion"][i][i] for i in range(3))
     assert right / n_valid == pytest.approx(run["metrics"]["accuracy"])
@@ -125,13 +129,15 @@ def test_too_few_images_fail_before_a_run_is_created(store):
     assert store.runs(ws["id"]) == []
 
 
-def test_the_split_is_seeded_and_gives_every_label_its_share():
-    from imgcls.train import StratifiedRandomSplitter
+def test_a_spec_made_by_hand_gets_the_split_a_fresh_workshop_would():
+    from imgcls.train import with_split
 
-    items = [TrainItem(i, f"{i}.jpg", "cats" if i < 12 else "dogs") for i in range(18)]
-    train_idx, valid_idx = StratifiedRandomSplitter(0.2, seed=1)(items)
-    assert sorted(train_idx + valid_idx) == list(range(18))
-    assert [items[i].label for i in valid_idx].count("cats") == 2
-    assert [items[i].label for i in valid_idx].count("dogs") == 1
-    assert StratifiedRandomSplitter(0.2, seed=1)(items) == (train_idx, valid_idx)
-    assert any(StratifiedRandomSplitter(0.2, seed=s)(items)[1] != valid_idx for s in range(2, 6))
+    items = tuple(TrainItem(i, f"{i}.jpg", "cats" if i < 12 else "dogs") for i in range(18))
+    spec = TrainSpec(items=items, labels=("cats", "dogs"), out_dir="", valid_pct=0.2, seed=1)
+    sides = {i.image_id: i.valid for i in with_split(spec)}
+    assert [items[i].label for i, v in sides.items() if v].count("cats") in (2, 3)
+    assert [items[i].label for i, v in sides.items() if v].count("dogs") == 1
+    assert {i.image_id: i.valid for i in with_split(spec)} == sides  # seeded
+    given = tuple(TrainItem(i.image_id, i.path, i.label, valid=i.image_id < 4) for i in items)
+    assert [i.valid for i in with_split(TrainSpec(items=given, labels=("cats", "dogs"), out_dir=""))] == \
+        [i.image_id < 4 for i in items]  # sides given by the store are kept
