@@ -22,6 +22,7 @@ from imgcls.cleaning import CleaningBoard
 from imgcls.download import DownloadConfig, make_session
 from imgcls.search import SearchConfig
 from imgcls.store import Store
+from imgcls.suspects import SuspectBook
 
 from .queue import TrainQueue
 from .settings import Settings
@@ -61,6 +62,7 @@ class WorkshopBot(commands.Bot):
         self.db_executor = ThreadPoolExecutor(1, thread_name_prefix="store")
         self.store: Store
         self.board: CleaningBoard
+        self.suspects: SuspectBook
         self.session: aiohttp.ClientSession
         self.queue: TrainQueue
         self.recovered = asyncio.Event()
@@ -88,6 +90,7 @@ class WorkshopBot(commands.Bot):
         spawn = multiprocessing.get_context("spawn")
         self.store = await self.db(Store, self.settings.data_dir)
         self.board = await self.db(CleaningBoard, self.store)
+        self.suspects = await self.db(SuspectBook, self.store, self.board)
         if self.pool is None:
             from imgcls.jobs import ignore_interrupts
 

@@ -123,11 +123,33 @@ def runs_list(runs: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> st
     return clip("\n".join(lines))
 
 
-def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: Sequence[Mapping[str, Any]]) -> str:
+def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: Sequence[Mapping[str, Any]],
+                 diff: Any = None) -> str:
+    """diff: an imgcls.compare.Comparison (both models on the same images), or None when there is none."""
     a0 = (before.get("metrics") or {}).get("accuracy", 0.0)
     a1 = (after.get("metrics") or {}).get("accuracy", 0.0)
-    lines = [f"**Before/after cleaning**: run {before['id']} {a0:.1%} → run {after['id']} {a1:.1%} "
-             f"({(a1 - a0) * 100:+.1f} points)."]
+    m0, m1 = before.get("metrics") or {}, after.get("metrics") or {}
+    if diff is not None and diff.n:
+        delta = (diff.after_accuracy - diff.before_accuracy) * 100
+        lines = [f"**Before/after cleaning**, both models on the same {diff.n} validation images, with the labels "
+                 f"they have now: run {before['id']}'s model got **{diff.before_right} of {diff.n}** right "
+                 f"({diff.before_accuracy:.1%}), run {after['id']}'s **{diff.after_right} of {diff.n}** "
+                 f"({diff.after_accuracy:.1%}, {delta:+.1f} points).",
+                 f"-# Each run's own figure: run {before['id']} {a0:.1%} on its {m0.get('n_valid', '?')} validation "
+                 f"images as they were labelled then; run {after['id']} {a1:.1%} on {m1.get('n_valid', '?')}."]
+        if diff.fixed:
+            lines.append("Wrong → right: " + ", ".join(f"image {i} ({label}; was {old})"
+                                                       for i, label, old in diff.fixed[:12])
+                         + (f" and {len(diff.fixed) - 12} more" if len(diff.fixed) > 12 else ""))
+        if diff.broken:
+            lines.append("Right → wrong: " + ", ".join(f"image {i} ({label}; now {new})"
+                                                       for i, label, new in diff.broken[:12])
+                         + (f" and {len(diff.broken) - 12} more" if len(diff.broken) > 12 else ""))
+        if not diff.fixed and not diff.broken:
+            lines.append("No image on the validation side changed from wrong to right or back.")
+    else:
+        lines = [f"**Before/after cleaning**: run {before['id']} {a0:.1%} → run {after['id']} {a1:.1%} "
+                 f"({(a1 - a0) * 100:+.1f} points; each on its own validation images)."]
     n0 = len((before.get("snapshot") or {}).get("items") or [])
     n1 = len((after.get("snapshot") or {}).get("items") or [])
     lines.append(f"Dataset: {n0} → {n1} images.")
@@ -141,6 +163,29 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
     else:
         lines.append("No images were cleaned between the two runs.")
     return clip("\n".join(lines))
+
+
+def suspects_line(run: Mapping[str, Any], n_suspects: int) -> str:
+    """After a run: how many images its check found suspect."""
+    scoring = run.get("scoring") or {}
+    if scoring.get("error"):
+        return f"Checking the images for mistakes failed ({scoring['error'][:200]}); the model itself is fine."
+    if not scoring.get("scored"):
+        return ""
+    if not n_suspects:
+        return f"Checked all {scoring['scored']} images: none looks mislabelled, off-topic or duplicated."
+    return (f"Checked all {scoring['scored']} images: {n_suspects} may be mislabelled, off-topic or duplicated. "
+            "A host can put them up for a vote, most likely first, with `/clean post`.")
+
+
+def clean_intro(run_id: int, shown: int, asked: int, available: int, quorum: int, in_thread: bool) -> str:
+    """The message that opens a round of votes."""
+    head = (f"Voting on {shown} suspect images from run {run_id}, the most likely mistakes first"
+            + (" (in the thread below)" if in_thread else "") + ".")
+    if shown < asked:
+        head += f" You asked for {asked}, but only {available} suspect images are left to vote on."
+    return (f"{head} React on each one: ✅ keep, 🗑️ delete, or the number of the right label. With at least "
+            f"{quorum} votes a majority decides; ties keep. A host closes the vote with `/clean apply`.")
 
 
 # ---------------------------------------------------------------- voting
@@ -160,8 +205,12 @@ def candidate_text(cand: Mapping[str, Any], labels: Sequence[str], votes: Mappin
     counts = tally(votes)
     shown = {e: counts.get(c, 0) for e, c in choice_emoji(labels).items()}
     tally_line = " ".join(f"{e} {n}" for e, n in shown.items() if n) or "no votes yet"
-    lines = [f"**Vote {cand['id']}** — image {cand['image_id']}, labelled **{cand['label']}**; "
-             f"the model says **{cand['predicted']}** ({cand.get('probability') or 0:.0%}).",
+    if cand.get("reason"):
+        why = f"**Vote {cand['id']}** — image {cand['image_id']}: {cand['reason']}."
+    else:
+        why = (f"**Vote {cand['id']}** — image {cand['image_id']}, labelled **{cand['label']}**; "
+               f"the model says **{cand['predicted']}** ({cand.get('probability') or 0:.0%}).")
+    lines = [why,
              f"React to vote: {legend}",
              f"Votes ({len(votes)} people): {tally_line}"]
     if credit:

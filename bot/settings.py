@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping, Optional
 
-from imgcls.types import ARCHS, SOURCES
+from imgcls.types import ARCHS, SOURCES, SUSPECT_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class Settings:
     max_queue_per_guild: int = 3
     vote_quorum: int = 2
     clean_count: int = 6
+    clean_thread_at: int = 5
+    suspect_method: str = "auto"
     reaction_pace: float = 0.25
     confidence_threshold: float = 0.6
     progress_interval: float = 3.0
@@ -119,6 +121,10 @@ def check(s: Settings) -> None:
                  "vote_quorum", "clean_count", "default_epochs"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{name.upper()} must be at least 1.")
+    if s.suspect_method not in SUSPECT_METHODS:
+        raise SettingsError(f"SUSPECT_METHOD must be one of {', '.join(SUSPECT_METHODS)}.")
+    if s.clean_thread_at < 0:
+        raise SettingsError("CLEAN_THREAD_AT must be 0 or more.")
     if not 64 <= s.default_size <= 512:
         raise SettingsError("DEFAULT_SIZE must be between 64 and 512 pixels.")
     if not 0 <= s.confidence_threshold <= 1:
@@ -134,8 +140,9 @@ DISCORD_TOKEN is not set, so the bot cannot log in.
    and "Reset Token" to copy the bot's token.
 2. Put it in .env (copy .env.example) as DISCORD_TOKEN=... or export it in the environment.
 3. Invite the bot with the OAuth2 URL generator: scopes "bot" and "applications.commands";
-   bot permissions "Send Messages", "Attach Files", "Add Reactions", "Read Message History"
-   (and "View Channels"). The permissions integer is 101440.
+   bot permissions "Send Messages", "Attach Files", "Add Reactions", "Read Message History",
+   "Create Public Threads" and "Send Messages in Threads" (and "View Channels"). The permissions
+   integer is 309237746752.
 4. Optional: set DEV_GUILD_ID to your test server's id so slash commands appear at once.
    Auto-classifying every posted image also needs the Message Content intent switched on
    under "Bot" and MESSAGE_CONTENT_INTENT=true.

@@ -1,12 +1,16 @@
-"""/clean post|apply|undo and reaction voting on the latest run's top losses.
+"""/clean post|apply|undo and reaction voting on the latest run's suspect images.
 
-Each candidate is one message with the image; the bot seeds ✅ keep, 🗑️ delete and a number
-per label. Votes are distinct non-bot users' reactions, kept in the store; after a restart
-the bot recounts every open message, so votes cast while it was offline count too.
+Which images go up is imgcls's decision (imgcls.suspects: every image of the run, checked out
+of fold); this cog renders it. Each candidate is one message with the image and the reason it
+is suspect; the bot seeds ✅ keep, 🗑️ delete and a number per label. More than a handful of
+candidates go in a thread of the workshop channel. Votes are distinct non-bot users'
+reactions, kept in the store; after a restart the bot recounts every open message (in the
+channel or its thread), so votes cast while it was offline count too.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 from typing import Any, Optional
@@ -17,11 +21,14 @@ from discord.ext import commands
 
 from imgcls.credits import credit_line
 from imgcls.errors import ConflictError, NotFound
+from imgcls.suspects import Selection, Suspect
 
 from .. import render
 from ..checks import host_only, workshop_here
 
 log = logging.getLogger(__name__)
+
+MAX_POST = 50  # candidates one /clean post may put up (Discord shows the range on the option)
 
 
 class Cleaning(commands.Cog):
@@ -40,54 +47,80 @@ class Cleaning(commands.Cog):
 
     # ---------------------------------------------------------- posting candidates
 
-    @clean.command(name="post", description="Post the latest run's hardest images for a vote")
-    @app_commands.describe(count="How many images to put up for a vote")
+    @clean.command(name="post", description="Put the images most likely to be wrong up for a vote")
+    @app_commands.describe(count=f"How many images to put up for a vote (1-{MAX_POST}; default from the bot's settings)")
     @host_only()
-    async def post(self, interaction: discord.Interaction, count: Optional[app_commands.Range[int, 1, 20]] = None) -> None:
+    async def post(self, interaction: discord.Interaction,
+                   count: Optional[app_commands.Range[int, 1, MAX_POST]] = None) -> None:
         ws = await workshop_here(interaction)
-        run = await self.bot.db(self.bot.store.latest_run, ws["id"])
-        busy = await self.bot.db(self.bot.board.open_image_ids, ws["id"])
-        picked = []
-        for top in run["top_losses"] or []:
-            image = await self.bot.db(self.bot.store.image, top["image_id"])
-            if image["status"] == "active" and image["id"] not in busy:
-                picked.append((top, image))
-        picked = picked[: count or self.bot.settings.clean_count]
-        if not picked:
-            raise NotFound(f"Run {run['id']} has no top-loss images left to vote on; "
-                           "`/clean apply` the open votes or `/retrain` first.")
+        asked = count or self.bot.settings.clean_count
+        picked = await self.bot.db(self.bot.suspects.pick, ws["id"], asked)
+        if not picked.suspects:
+            raise NotFound(f"Run {picked.run_id} has no suspect images left to vote on; `/clean apply` the open "
+                           "votes, or `/retrain` and vote on what the new run finds.")
         labels = await self.bot.db(self.bot.store.labels, ws["id"])
-        await interaction.response.send_message(
-            f"Voting on {len(picked)} images from run {run['id']}: react on each one. With at least "
-            f"{self.bot.settings.vote_quorum} votes, a majority decides; ties keep. A host closes the vote with "
-            "`/clean apply`.")
-        self.bot.spawn(self._post_all(ws, run, picked, labels, interaction.channel), name=f"clean-post-{run['id']}")
+        in_thread = len(picked.suspects) > self.bot.settings.clean_thread_at and self._may_thread(interaction)
+        intro = functools.partial(render.clean_intro, picked.run_id, len(picked.suspects), asked, picked.available,
+                                  self.bot.settings.vote_quorum)
+        await interaction.response.send_message(intro(in_thread))
+        target = interaction.channel
+        if in_thread:
+            target = await self._thread(interaction, picked.run_id, intro(False)) or interaction.channel
+        self.bot.spawn(self._post_all(ws, picked, labels, target), name=f"clean-post-{picked.run_id}")
 
-    async def _post_all(self, ws: dict, run: dict, picked: list, labels: list[str], channel: Any) -> None:
-        failed = 0
-        for top, image in picked:
+    @staticmethod
+    def _may_thread(interaction: discord.Interaction) -> bool:
+        """Whether the bot may open a thread here and post in it (else the votes stay in the channel)."""
+        channel, me = interaction.channel, interaction.guild.me if interaction.guild else None
+        if me is None or not isinstance(channel, discord.TextChannel):
+            return False
+        perms = channel.permissions_for(me)
+        return perms.create_public_threads and perms.send_messages_in_threads
+
+    async def _thread(self, interaction: discord.Interaction, run_id: int, fallback: str) -> Optional[discord.Thread]:
+        """A thread on the intro message for the votes, or None (the intro says so) if Discord refuses one."""
+        try:
+            intro = await interaction.original_response()
+            # a week: a vote left open over a weekend still takes reactions
+            return await intro.create_thread(name=f"Votes on run {run_id}", auto_archive_duration=10080)
+        except discord.HTTPException as exc:
+            log.warning("could not open a thread for the votes: %s", exc)
             try:
-                await self._post_one(ws, run, top, image, labels, channel)
+                await interaction.edit_original_response(content=fallback)
+            except discord.HTTPException:
+                pass
+            return None
+
+    async def _post_all(self, ws: dict, picked: Selection, labels: list[str], channel: Any) -> None:
+        failed = 0
+        for suspect in picked.suspects:
+            try:
+                await self._post_one(ws, picked.run_id, suspect, labels, channel)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("posting image %s for a vote failed", image["id"])
+                log.exception("posting image %s for a vote failed", suspect.image_id)
                 failed += 1
         if failed:
-            await channel.send(f"{failed} of {len(picked)} images could not be put up for a vote; "
+            await channel.send(f"{failed} of {len(picked.suspects)} images could not be put up for a vote; "
                                "the others are above.")
 
-    async def _post_one(self, ws: dict, run: dict, top: dict, image: dict, labels: list[str], channel: Any) -> None:
+    async def _post_one(self, ws: dict, run_id: int, suspect: Suspect, labels: list[str], channel: Any) -> None:
+        image = await self.bot.db(self.bot.store.image, suspect.image_id)
         # relabel choices: every other label (a reaction each; Discord allows 20 per message)
         legend = [label for label in labels if label != image["label"]][: render.MAX_RELABEL_CHOICES]
-        cid = await self.bot.db(self.bot.board.add_candidate, ws["id"], run["id"], image["id"],
-                                predicted=top["predicted"], probability=top["probability"], loss=top["loss"],
-                                channel_id=channel.id, legend=legend)
-        cand = await self.bot.db(self.bot.board.candidate, cid)
-        data = await asyncio.get_running_loop().run_in_executor(None, self.bot.store.image_path(image).read_bytes)
-        message = await channel.send(render.candidate_text(cand, legend, {}, credit_line(image) or ""),
-                                     file=discord.File(io.BytesIO(data), f"image-{image['id']}.jpg"),
-                                     suppress_embeds=True)
+        cid = await self.bot.db(self.bot.board.add_candidate, ws["id"], run_id, image["id"],
+                                predicted=suspect.predicted, probability=suspect.probability, channel_id=channel.id,
+                                legend=legend, kind=suspect.kind, score=suspect.score, reason=suspect.reason)
+        try:
+            cand = await self.bot.db(self.bot.board.candidate, cid)
+            data = await asyncio.get_running_loop().run_in_executor(None, self.bot.store.image_path(image).read_bytes)
+            message = await channel.send(render.candidate_text(cand, legend, {}, credit_line(image) or ""),
+                                         file=discord.File(io.BytesIO(data), f"image-{image['id']}.jpg"),
+                                         suppress_embeds=True)
+        except BaseException:
+            await self.bot.db(self.bot.board.withdraw, cid)  # never posted: the image is free to go up again
+            raise
         await self.bot.db(self.bot.board.set_message, cid, message.id)
         self.open[message.id] = cid
         for emoji in render.choice_emoji(legend):  # paced: one at a time, discord.py minds the rate limits
@@ -133,11 +166,13 @@ class Cleaning(commands.Cog):
                                                "voters": d["voters"], "why": d["why"], "old_label": cand["label"]})
             votes = await self.bot.db(self.bot.board.votes, cand["id"])
             image = await self.bot.db(self.bot.store.image, cand["image_id"])
-            channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
             text = render.candidate_text(cand, cand["legend"], votes, credit_line(image) or "", outcome)
             try:
+                channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
+                if isinstance(channel, discord.Thread) and channel.archived:
+                    await channel.edit(archived=False)  # an archived thread's messages cannot be edited
                 await channel.get_partial_message(cand["message_id"]).edit(content=text)
-            except discord.HTTPException as exc:
+            except discord.HTTPException as exc:  # the channel or thread was deleted, or the bot lost access
                 log.warning("vote tally edit failed for message %s: %s", cand["message_id"], exc)
 
     async def recover(self) -> None:
@@ -187,7 +222,7 @@ class Cleaning(commands.Cog):
         for r in summary["results"]:
             if r["message_id"]:
                 cand = await self.bot.db(self.bot.board.candidate, r["candidate_id"])
-                await self._refresh(cand, channel_id, outcome=render.outcome_text(r))
+                await self._refresh(cand, cand["channel_id"] or channel_id, outcome=render.outcome_text(r))
 
     @clean.command(name="undo", description="Revert the last applied clean-up")
     @host_only()

@@ -9,6 +9,7 @@ import asyncio
 import io
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from imgcls.compare import compare_runs
 from imgcls.errors import ConflictError, InvalidInput, NotFound
 from imgcls.runs import RunParams, prepare_run, record_outcome
 from imgcls.train import train
@@ -87,7 +89,8 @@ class Training(commands.Cog):
                         size: Optional[app_commands.Range[int, 64, 512]] = None) -> None:
         ws = await workshop_here(interaction)
         s = self.bot.settings
-        params = RunParams(arch=arch or s.default_arch, epochs=epochs or s.default_epochs, size=size or s.default_size)
+        params = RunParams(arch=arch or s.default_arch, epochs=epochs or s.default_epochs, size=size or s.default_size,
+                           suspects=s.suspect_method)
         await self._queue(interaction, ws, params, parent=None)
 
     @app_commands.command(name="retrain", description="Train again on the cleaned data and compare with before")
@@ -97,6 +100,7 @@ class Training(commands.Cog):
         ws = await workshop_here(interaction)
         before = await self.bot.db(self.bot.store.latest_run, ws["id"])
         params = RunParams(**{k: v for k, v in (before["params"] or {}).items() if k in RunParams.__dataclass_fields__})
+        params = replace(params, suspects=self.bot.settings.suspect_method)
         await self._queue(interaction, ws, params, parent=before)
 
     async def _queue(self, interaction: discord.Interaction, ws: dict, params: RunParams,
@@ -199,9 +203,12 @@ class Training(commands.Cog):
         parent = job.payload.get("parent")
         if parent:
             changes = await self.bot.db(self.bot.board.changes_since, run["workshop_id"], parent["created_at"])
-            files = [f for f in (self._png(parent, "confusion", f"before-run{parent['id']}-confusion.png"),
-                                 self._png(run, "confusion", f"after-run{run['id']}-confusion.png")) if f]
-            await channel.send(render.before_after(parent, run, changes), files=files)
+            diff = compare_runs(parent, run)
+            # both matrices over the same images when the job scored the old model on them
+            before = (self._png(run, "before_confusion", f"before-run{parent['id']}-confusion.png") if diff else None) \
+                or self._png(parent, "confusion", f"before-run{parent['id']}-confusion.png")
+            files = [f for f in (before, self._png(run, "confusion", f"after-run{run['id']}-confusion.png")) if f]
+            await channel.send(render.before_after(parent, run, changes, diff), files=files)
 
     def _png(self, run: dict, key: str, name: str) -> Optional[discord.File]:
         path = (run.get("artefacts") or {}).get(key)
@@ -212,8 +219,13 @@ class Training(commands.Cog):
     async def post_results(self, channel: Any, run: dict, mention: str = "") -> None:
         files = [f for f in (self._png(run, "confusion", f"run{run['id']}-confusion.png"),
                              self._png(run, "top_losses", f"run{run['id']}-top-losses.png")) if f]
-        await channel.send(render.run_results(run, mention), files=files,
+        await channel.send(await self._results_text(run, mention), files=files,
                            allowed_mentions=discord.AllowedMentions(users=True))
+
+    async def _results_text(self, run: dict, mention: str = "") -> str:
+        suspects = await self.bot.db(self.bot.suspects.ranking, run["id"])
+        line = render.suspects_line(run, len(suspects))
+        return render.clip(render.run_results(run, mention) + (f"\n{line}" if line else ""))
 
     async def recover(self) -> None:
         """Runs a restart interrupted are marked and announced in their channel."""
@@ -237,7 +249,7 @@ class Training(commands.Cog):
         await interaction.response.defer(thinking=True)
         files = [f for f in (self._png(row, "confusion", f"run{row['id']}-confusion.png"),
                              self._png(row, "top_losses", f"run{row['id']}-top-losses.png")) if f]
-        await interaction.followup.send(render.run_results(row), files=files)
+        await interaction.followup.send(await self._results_text(row), files=files)
 
     async def _run_here(self, interaction: discord.Interaction, run_id: Optional[int]) -> dict:
         ws = await workshop_here(interaction)

@@ -15,6 +15,19 @@ from .conftest import LABELS, make_bot, photo, seed_images
 pytestmark = pytest.mark.simcord(settle_timeout=240)
 
 
+def mislabel(settings, n: int) -> list[int]:
+    """Move every sixth image to the next label, n of them; returns their ids."""
+    store = Store(settings.data_dir)
+    try:
+        [ws] = store.db.query("SELECT id FROM workshops WHERE status = 'active'")
+        images = store.images(ws["id"])[::6][:n]
+        for r in images:
+            store.relabel(ws["id"], r["id"], LABELS[(LABELS.index(r["label"]) + 1) % 3], who="seed")
+        return [r["id"] for r in images]
+    finally:
+        store.close()
+
+
 def bot_messages(world):
     return [m for m in world.channel.history() if m.author.id == world.env.bot.user.id]
 
@@ -23,6 +36,7 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     env, ch = world.env, world.channel
     await world.host.slash(ch, "workshop start", name="Shapes", labels=", ".join(LABELS))
     seed_images(settings, tmp_path, "Shapes", per_label=8)
+    flipped = mislabel(settings, 4)  # what a web search brings: a few images under the wrong label
 
     # /train answers at once with the queue position; the run's status message follows along
     result = await world.host.slash(ch, "train", epochs=1, size=64)
@@ -33,6 +47,7 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     results = next(m for m in posted if "**Run 1 finished**" in m.content)
     assert f"<@{world.host.id}>" in results.content
     assert "Most confused" in results.content or "No confusions" in results.content
+    assert "Checked all 24 images: " in results.content and "`/clean post`" in results.content
     assert sorted(a.filename for a in results.attachments) == ["run1-confusion.png", "run1-top-losses.png"]
     for attachment in results.attachments:
         assert (await attachment.read()).startswith(b"\x89PNG")
@@ -61,7 +76,7 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     not_image = await world.alice.slash(ch, "predict", image=("notes.txt", b"hello"))
     assert not_image.ephemeral and "no image" in not_image.response.content
 
-    # /clean post: one message per candidate with the image, seeded reactions and a legend
+    # /clean post: one message per suspect with the image, why it is suspect, seeded reactions and a legend
     await world.host.slash(ch, "clean post", count=3)
     votes = [m for m in bot_messages(world) if m.content.startswith("**Vote ")]
     assert len(votes) == 3
@@ -69,6 +84,10 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     store = Store(settings.data_dir)
     board = CleaningBoard(store)
     cand_first, cand_second = board.by_message(first.id), board.by_message(second.id)
+    assert cand_first["reason"] and cand_first["reason"] in first.content
+    assert f"image {cand_first['image_id']}: " in first.content
+    posted = [board.by_message(m.id)["image_id"] for m in (first, second, third)]
+    assert set(posted) & set(flipped), (posted, flipped)  # the mislabelled images are found
     # keep, delete and a number for each other label (its own label would mean keep)
     assert [str(r.emoji) for r in first.reactions] == ["✅", "🗑️", "1️⃣", "2️⃣"]
     assert cand_first["legend"] == [x for x in LABELS if x != cand_first["label"]]
@@ -105,7 +124,7 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     assert deleted["status"] == "deleted"
     relabelled = store.image(cand_second["image_id"])
     assert relabelled["label"] == target
-    audit = store.audit_log(deleted["workshop_id"])
+    audit = [a for a in store.audit_log(deleted["workshop_id"]) if a["who"] != "seed"]
     assert {a["action"] for a in audit} == {"delete", "relabel"} and all(a["who"] == str(world.host.id) for a in audit)
     closed = [m for m in bot_messages(world) if m.id == first.id][0]
     assert "**Closed:** deleted (2 of 2 votes)" in closed.content

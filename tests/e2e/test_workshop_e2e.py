@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ async def test_a_whole_workshop_over_the_wire(tmp_path, search):
     settings = Settings(discord_token=fake.token, data_dir=str(tmp_path / "data"), default_arch="lite0",
                         default_size=64, default_epochs=1, progress_interval=0.5, reaction_pace=0.05,
                         openverse_url=search.search, download_sources="openverse", download_allow="127.0.0.1",
-                        clean_count=3, vote_quorum=2, train_timeout=LONG)
+                        clean_count=3, clean_thread_at=2, vote_quorum=2, train_timeout=LONG)
     bot = WorkshopBot(settings)
     lag = LagSampler()
     async with fake:
@@ -148,13 +149,20 @@ async def test_a_whole_workshop_over_the_wire(tmp_path, search):
                 status = bot_said(fake, chan, "**Run 1** —")()
                 assert status is not None and status.edited_timestamp and "epoch" in status.content
 
-                # 5. three users vote with reactions on the posted candidates
+                # 5. the three images most likely wrong go up for a vote, in a thread; three users vote there
                 ix, ack = await timed_ack(fake, host, chan, "clean post", {"count": 3})
                 acks.append(ack)
+                intro = ix.callback["data"]["content"]
+                assert "Voting on 3 suspect images from run 1" in intro and "thread" in intro, intro
+                [thread] = await fake.wait_for(lambda: fake.threads(chan) or None, 30)
+                assert thread.id == ix.original.id and thread.name == "Votes on run 1"
                 votes = await fake.wait_for(lambda: (lambda v: v if len(v) == 3 and all(
                     len(m.reactions) == 4 for m in v) else None)(
-                    [m for m in fake.messages(chan) if m.content.startswith("**Vote ")]), LONG)
+                    [m for m in fake.messages(thread) if m.content.startswith("**Vote ")]), LONG)
+                assert not [m for m in fake.messages(chan) if m.content.startswith("**Vote ")]
                 first, second, third = sorted(votes, key=lambda m: m.id)
+                assert all(re.match(r"\*\*Vote \d+\*\* — image \d+: (labelled \*\w+\*[;,] |unlike |almost )",
+                                    m.content) for m in votes), [m.content for m in votes]
                 assert all(fake.bot_user.id in users for users in first.reactions.values())
                 await fake.react(alice, first, "🗑️")
                 await fake.react(bob, first, "🗑️")

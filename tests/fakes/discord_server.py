@@ -65,8 +65,9 @@ EPHEMERAL, LOADING = 1 << 6, 1 << 7
 ADMINISTRATOR, ALL_PERMISSIONS = 1 << 3, (1 << 53) - 1
 # view channel, send messages, embed links, attach files, read history, add reactions, use application commands
 EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 6) | (1 << 31)
-BOT_PERMISSIONS = EVERYONE_PERMISSIONS | (1 << 13)  # + manage messages
-INTENTS = {"GUILD_CREATE": 1 << 0, "CHANNEL_CREATE": 1 << 0, "GUILD_ROLE_CREATE": 1 << 0, "GUILD_MEMBER_ADD": 1 << 1,
+BOT_PERMISSIONS = EVERYONE_PERMISSIONS | (1 << 13) | (1 << 35) | (1 << 38)  # + manage messages, threads
+INTENTS = {"GUILD_CREATE": 1 << 0, "CHANNEL_CREATE": 1 << 0, "GUILD_ROLE_CREATE": 1 << 0, "THREAD_CREATE": 1 << 0,
+           "GUILD_MEMBER_ADD": 1 << 1,
            "MESSAGE_CREATE": 1 << 9, "MESSAGE_UPDATE": 1 << 9, "MESSAGE_DELETE": 1 << 9,
            "MESSAGE_REACTION_ADD": 1 << 10, "MESSAGE_REACTION_REMOVE": 1 << 10}
 MESSAGE_CONTENT = 1 << 15
@@ -149,12 +150,26 @@ class Channel:
     name: str
     type: int = 0
     position: int = 0
+    parent: Channel | None = field(default=None, repr=False)  # threads (type 11): the channel they are in
+    owner_id: int | None = None  # threads: who started it
+    auto_archive_duration: int = 1440
 
     @property
     def mention(self) -> str:
         return f"<#{self.id}>"
 
+    @property
+    def is_thread(self) -> bool:
+        return self.parent is not None
+
     def payload(self) -> dict:
+        if self.is_thread:
+            return {"id": str(self.id), "type": self.type, "guild_id": str(self.guild.id), "name": self.name,
+                    "parent_id": str(self.parent.id), "owner_id": str(self.owner_id), "last_message_id": None,
+                    "rate_limit_per_user": 0, "message_count": 0, "member_count": 1, "flags": 0,
+                    "thread_metadata": {"archived": False, "auto_archive_duration": self.auto_archive_duration,
+                                        "archive_timestamp": iso(self.id), "locked": False,
+                                        "create_timestamp": iso(self.id)}}
         return {"id": str(self.id), "type": self.type, "guild_id": str(self.guild.id), "name": self.name,
                 "position": self.position, "permission_overwrites": [], "nsfw": False, "parent_id": None,
                 "topic": None, "rate_limit_per_user": 0, "last_message_id": None}
@@ -194,9 +209,10 @@ class Guild:
     def payload(self) -> dict:
         return {"id": str(self.id), "name": self.name, "owner_id": str(self.owner_id), "icon": None, "splash": None,
                 "unavailable": False, "member_count": len(self.members), "large": False, "features": [],
-                "roles": [r.payload() for r in self.roles], "channels": [c.payload() for c in self.channels],
+                "roles": [r.payload() for r in self.roles],
+                "channels": [c.payload() for c in self.channels if not c.is_thread],
                 "members": [m.payload() for m in self.members.values()], "emojis": [], "stickers": [],
-                "threads": [], "presences": [], "voice_states": [], "stage_instances": [],
+                "threads": [c.payload() for c in self.channels if c.is_thread], "presences": [], "voice_states": [], "stage_instances": [],
                 "guild_scheduled_events": [], "soundboard_sounds": [], "joined_at": iso(), "preferred_locale": "en-US",
                 "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0,
                 "mfa_level": 0, "nsfw_level": 0, "premium_tier": 0, "system_channel_id": None, "afk_channel_id": None,
@@ -336,6 +352,7 @@ class FakeDiscord:
         ("PUT", "/channels/{cid}/messages/{mid}/reactions/{emoji}/@me", "_add_reaction"),
         ("DELETE", "/channels/{cid}/messages/{mid}/reactions/{emoji}/{uid}", "_remove_reaction"),
         ("GET", "/channels/{cid}/messages/{mid}/reactions/{emoji}", "_reaction_users"),
+        ("POST", "/channels/{cid}/messages/{mid}/threads", "_start_thread"),
     ])
 
     def __init__(self, token: str | None = None, bot_name: str = "TestBot", heartbeat_interval: int = 41250) -> None:
@@ -450,6 +467,10 @@ class FakeDiscord:
         member = guild.members[user.id] = Member(user, guild, roles, nick)
         self._dispatch("GUILD_MEMBER_ADD", lambda: member.payload() | {"guild_id": str(guild.id)})
         return member
+
+    def threads(self, channel: Channel) -> list[Channel]:
+        """Threads started in `channel`, oldest first."""
+        return [c for c in channel.guild.channels if c.parent is channel]
 
     def messages(self, channel: Channel) -> list[Message]:
         return [m for m in sorted(self._messages.values(), key=lambda m: m.id)
@@ -1041,6 +1062,24 @@ class FakeDiscord:
     async def _remove_reaction(self, r: Request, cid: str, mid: str, emoji: str, uid: str) -> None:
         user = self.bot_user if uid == "@me" else self._get(self.users, uid, 10013, "User")
         self._set_reaction(self._channel_message(cid, mid), user, emoji, False)
+
+    async def _start_thread(self, r: Request, cid: str, mid: str) -> dict:
+        """A public thread on a message: as on Discord, the thread's id is the message's id."""
+        msg = self._channel_message(cid, mid)
+        if msg.channel.is_thread:
+            raise DiscordError(400, 50024, "Cannot execute action on this channel type")
+        if any(c.id == msg.id for c in self.channels.values()):
+            raise DiscordError(400, 160004, "A thread has already been created for this message")
+        body = r.json or {}
+        name = str(body.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            raise DiscordError(400, 50035, "Invalid Form Body: name must be 1-100 characters")
+        thread = Channel(msg.id, msg.channel.guild, name, 11, parent=msg.channel, owner_id=self.bot_user.id,
+                         auto_archive_duration=int(body.get("auto_archive_duration") or 1440))
+        msg.channel.guild.channels.append(thread)
+        self.channels[thread.id] = thread
+        self._dispatch("THREAD_CREATE", lambda: thread.payload() | {"newly_created": True})
+        return thread.payload()
 
     async def _reaction_users(self, r: Request, cid: str, mid: str, emoji: str) -> list:
         ids = sorted(self._channel_message(cid, mid).reactions.get(emoji_key(emoji), []))
