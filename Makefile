@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/predict.py
 	$(PY) bench/download.py
+	$(PY) bench/cleaning.py
 
 clean-venv:
 	rm -rf $(VENV)
