@@ -301,6 +301,48 @@ async def _request(session: aiohttp.ClientSession, url: str, config: DownloadCon
         raise FetchError("network", f"{type(exc).__name__}: {exc}") from None
 
 
+async def fetch_api(session: aiohttp.ClientSession, url: str, config: DownloadConfig, *, method: str = "GET",
+                    params: Optional[dict[str, str]] = None, data: Optional[dict[str, str]] = None,
+                    headers: Optional[dict[str, str]] = None, max_bytes: int = 5 * 1024 * 1024
+                    ) -> tuple[int, dict[str, str], bytes]:
+    """A search API's answer through the same guard as image downloads: the address guard before every hop
+    (IP literals included, which the resolver never sees), redirects followed by hand, the byte cap and the
+    config's timeouts. Returns (status, headers, body) of the final answer, whatever its status; FetchError
+    or Blocked when there is none."""
+    guard = _guard(config.allow)
+    timeout = aiohttp.ClientTimeout(total=config.total_timeout, sock_connect=config.connect_timeout,
+                                    sock_read=config.read_timeout)
+    for hop in range(config.max_redirects + 1):
+        try:
+            await guard.check_url(url, config.allowed_ports, config.connect_timeout)
+        except FetchError as exc:
+            raise type(exc)(exc.reason, f"redirected to {url}: {exc.detail}" if hop else exc.detail) from None
+        try:
+            async with session.request(method, url, params=params, data=data, headers=headers, timeout=timeout,
+                                       allow_redirects=False) as resp:
+                if resp.status in _REDIRECTS and "Location" in resp.headers:
+                    try:
+                        url = str(resp.url.join(URL(resp.headers["Location"])))
+                    except ValueError:
+                        raise FetchError("bad_url", "the redirect's Location cannot be read") from None
+                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                        method, data = "GET", None
+                    params = None  # the Location carries its own query
+                    continue
+                if resp.content_length is not None and resp.content_length > max_bytes:
+                    raise FetchError("too_large", f"the answer is {mb(resp.content_length)}; the limit is "
+                                                  f"{mb(max_bytes)}")
+                body = await _read_capped(resp, max_bytes)
+                return resp.status, dict(resp.headers), body
+        except FetchError:
+            raise
+        except asyncio.TimeoutError:
+            raise FetchError("timeout", f"no answer within {config.total_timeout:g} s") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise FetchError("network", f"{type(exc).__name__}") from None
+    raise FetchError("http_status", f"more than {config.max_redirects} redirects")
+
+
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     body = bytearray()
     async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -14,16 +14,19 @@ import asyncio
 import concurrent.futures
 import functools
 import html
+import json
 import logging
 import re
 import time
 from contextlib import aclosing
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Optional, Sequence
 from urllib.parse import urlencode
 
 import aiohttp
 
+from .download import Blocked, DownloadConfig, FetchError, fetch_api
 from .errors import InvalidInput, NotReady, SearchUnavailable
 from .types import SOURCES, Candidate
 
@@ -53,10 +56,23 @@ class SearchConfig:
     retry_delay: float = 1.0  # before the one retry after a 5xx or a network error
     ddg_max_results: int = 100  # DuckDuckGo answers in one page of up to this many
     ddgs_factory: Optional[Callable[[], Any]] = None  # returns an object with .images(query, **kw); default ddgs.DDGS
+    max_bytes: int = 5 * 1024 * 1024  # the largest answer read from a search API
+    allow: tuple[str, ...] = ()  # as DownloadConfig.allow: hosts exempt from the address guard (local fakes)
 
     @property
     def openverse_authenticated(self) -> bool:
         return bool(self.openverse_client_id and self.openverse_client_secret)
+
+    @property
+    def fetch_config(self) -> DownloadConfig:
+        """The downloader's guard and limits, with this config's timeout, for requests to the APIs."""
+        return DownloadConfig(allow=self.allow, connect_timeout=min(5.0, self.timeout), read_timeout=self.timeout,
+                              total_timeout=self.timeout)
+
+    def __repr__(self) -> str:  # never show the client secret, even in a traceback
+        shown = ", ".join(f"{f.name}={'***' if 'secret' in f.name and getattr(self, f.name) else getattr(self, f.name)!r}"
+                          for f in dataclasses.fields(self))
+        return f"SearchConfig({shown})"
 
 
 def clean_license(name: Optional[str], version: Optional[str] = None) -> Optional[str]:
@@ -190,21 +206,28 @@ class Searcher:
         return parse[provider](raw, page)
 
     async def _get_json(self, provider: str, method: str, url: str, **kw: Any) -> Any:
-        """One request with one retry: after Retry-After (429, when short) or a 5xx or network error."""
+        """One guarded request (imgcls.download.fetch_api) with one retry: after Retry-After (429, when short)
+        or a 5xx or network error. Errors name the source and the HTTP status, never what the body said."""
         headers = {"User-Agent": self.config.user_agent, "Accept": "application/json", **kw.pop("headers", {})}
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         for attempt in (1, 2):
             try:
-                async with self.session.request(method, url, headers=headers, timeout=timeout, **kw) as resp:
-                    if resp.status < 300:
-                        return await resp.json(content_type=None)
-                    body = (await resp.text())[:200]
-                    status, retry_after = resp.status, resp.headers.get("Retry-After", "")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                if attempt == 2:
-                    raise SearchUnavailable(f"{provider} did not answer ({type(exc).__name__}: {exc})") from None
+                status, answer_headers, body = await fetch_api(
+                    self.session, url, self.config.fetch_config, method=method, headers=headers,
+                    params=kw.get("params"), data=kw.get("data"), max_bytes=self.config.max_bytes)
+            except Blocked as exc:
+                raise SearchUnavailable(f"{provider} was not asked: {exc.detail}") from None
+            except FetchError as exc:
+                if attempt == 2 or exc.reason == "too_large":
+                    raise SearchUnavailable(f"{provider} did not answer ({exc.detail})") from None
                 await asyncio.sleep(self.config.retry_delay)
                 continue
+            if status < 300:
+                try:
+                    return json.loads(body)
+                except ValueError:
+                    raise SearchUnavailable(f"{provider} answered HTTP {status} with something that is not JSON") \
+                        from None
+            retry_after = answer_headers.get("Retry-After", "")
             if status == 429:
                 wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self.config.retry_delay
                 if attempt == 1 and wait <= self.config.max_retry_after:
@@ -217,7 +240,8 @@ class Searcher:
                 continue
             if status == 401 and provider == "openverse":
                 self._token = None  # an expired token: the next page asks for a new one
-            raise SearchUnavailable(f"{provider} answered HTTP {status}: {body}")
+            log.debug("%s answered HTTP %s: %r", provider, status, body[:200])
+            raise SearchUnavailable(f"{provider} answered HTTP {status}")
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ Openverse
@@ -248,18 +272,22 @@ class Searcher:
     def _parse_openverse(self, data: Any, page: int) -> tuple[list[Candidate], bool]:
         out = []
         results = data.get("results") or [] if isinstance(data, dict) else []
+        if not isinstance(results, list):
+            results = []
         for r in results:
-            if not isinstance(r, dict) or not r.get("url") or r.get("mature") or r.get("filetype") == "svg":
-                continue
-            lic = clean_license(r.get("license"), r.get("license_version"))
+            if not isinstance(r, dict) or not _text(r.get("url")) or r.get("mature") or r.get("filetype") == "svg":
+                continue  # a malformed entry is skipped; the rest of the page still counts
+            t = {k: _text(r.get(k)) for k in ("thumbnail", "foreign_landing_url", "title", "creator", "license",
+                                              "license_version", "license_url", "attribution", "source", "id")}
+            lic = clean_license(t["license"], t["license_version"])
             out.append(Candidate(
-                provider="openverse", url=r["url"], thumbnail_url=r.get("thumbnail"),
-                landing_url=r.get("foreign_landing_url"), title=r.get("title"), creator=r.get("creator"),
-                license=lic, license_url=r.get("license_url"),
-                attribution=r.get("attribution") or _attribution(r.get("title"), r.get("creator"), lic,
-                                                                r.get("license_url"), r.get("source") or "Openverse"),
-                width=r.get("width"), height=r.get("height"), id=str(r["id"]) if r.get("id") else None))
-        page_count = int(data.get("page_count") or 0) if isinstance(data, dict) else 0
+                provider="openverse", url=_text(r["url"]), thumbnail_url=t["thumbnail"],
+                landing_url=t["foreign_landing_url"], title=t["title"], creator=t["creator"],
+                license=lic, license_url=t["license_url"],
+                attribution=t["attribution"] or _attribution(t["title"], t["creator"], lic, t["license_url"],
+                                                             t["source"] or "Openverse"),
+                width=_int(r.get("width")), height=_int(r.get("height")), id=t["id"]))
+        page_count = _int(data.get("page_count")) or 0 if isinstance(data, dict) else 0
         return out, bool(results) and page < page_count
 
     # ------------------------------------------------------------ Wikimedia Commons
@@ -279,22 +307,26 @@ class Searcher:
         if isinstance(pages, dict):  # formatversion=1
             pages = list(pages.values())
         out = []
-        for p in sorted(pages, key=lambda p: p.get("index", 0)):
-            info = (p.get("imageinfo") or [{}])[0]
-            if info.get("mime") not in BITMAP_MIMES or not (info.get("thumburl") or info.get("url")):
+        pages = [p for p in pages if isinstance(p, dict)] if isinstance(pages, list) else []
+        for p in sorted(pages, key=lambda p: _int(p.get("index")) or 0):
+            info = (p.get("imageinfo") or [{}])[0] if isinstance(p.get("imageinfo"), list) else {}
+            if not isinstance(info, dict) or info.get("mime") not in BITMAP_MIMES or not (
+                    _text(info.get("thumburl")) or _text(info.get("url"))):
                 continue
-            meta = {k: strip_html(str(v.get("value", ""))) for k, v in (info.get("extmetadata") or {}).items()
-                    if isinstance(v, dict)}
-            title = meta.get("ObjectName") or re.sub(r"^File:|\.\w+$", "", p.get("title", "")) or None
+            extmetadata = info.get("extmetadata") if isinstance(info.get("extmetadata"), dict) else {}
+            meta = {k: strip_html(str(v.get("value", ""))) for k, v in extmetadata.items() if isinstance(v, dict)}
+            title = meta.get("ObjectName") or re.sub(r"^File:|\.\w+$", "", _text(p.get("title")) or "") or None
             lic = clean_license(meta.get("LicenseShortName") or meta.get("UsageTerms"))
             out.append(Candidate(
-                provider="wikimedia", url=info.get("thumburl") or info["url"], thumbnail_url=info.get("thumburl"),
-                landing_url=info.get("descriptionurl"), title=title, creator=meta.get("Artist"), license=lic,
+                provider="wikimedia", url=_text(info.get("thumburl")) or _text(info.get("url")),
+                thumbnail_url=_text(info.get("thumburl")), landing_url=_text(info.get("descriptionurl")), title=title,
+                creator=meta.get("Artist"), license=lic,
                 license_url=meta.get("LicenseUrl"),
                 attribution=_attribution(title, meta.get("Artist"), meta.get("LicenseShortName") or lic,
                                          meta.get("LicenseUrl"), "Wikimedia Commons"),
-                width=info.get("thumbwidth") or info.get("width"), height=info.get("thumbheight") or info.get("height"),
-                id=str(p["pageid"]) if p.get("pageid") else None))
+                width=_int(info.get("thumbwidth")) or _int(info.get("width")),
+                height=_int(info.get("thumbheight")) or _int(info.get("height")),
+                id=_text(p.get("pageid"))))
         return out, bool(pages) and "gsroffset" in ((data or {}).get("continue") or {})
 
     # ------------------------------------------------------------ DuckDuckGo (opt-in, licence unknown)
@@ -325,10 +357,27 @@ class Searcher:
             raise SearchUnavailable(f"ddg failed ({type(exc).__name__}: {exc})") from None
 
     def _parse_ddg(self, data: Any, page: int) -> tuple[list[Candidate], bool]:
-        out = [Candidate(provider="ddg", url=r["image"], thumbnail_url=r.get("thumbnail"), landing_url=r.get("url"),
-                         title=r.get("title") or None, width=r.get("width") or None, height=r.get("height") or None)
-               for r in data or [] if isinstance(r, dict) and r.get("image")]
+        out = [Candidate(provider="ddg", url=_text(r["image"]), thumbnail_url=_text(r.get("thumbnail")),
+                         landing_url=_text(r.get("url")), title=_text(r.get("title")), width=_int(r.get("width")),
+                         height=_int(r.get("height")))
+               for r in (data if isinstance(data, list) else []) if isinstance(r, dict) and _text(r.get("image"))]
         return out, False
+
+
+def _text(value: Any) -> Optional[str]:
+    """A field of a search result as text: strings and numbers; None for anything else (a malformed entry)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _int(value: Any) -> Optional[int]:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _attribution(title: Optional[str], creator: Optional[str], license: Optional[str],

@@ -2,7 +2,7 @@
 
     state = SearchState(results={"openverse": 30})    # results per query, per provider
     async with serve(state) as base:                   # "http://127.0.0.1:<port>"
-        config = SearchConfig(openverse_url=base, wikimedia_url=f"{base}/w/api.php")
+        config = SearchConfig(openverse_url=base, wikimedia_url=f"{base}/w/api.php", allow=("127.0.0.1",))
         ...
     assert state.count("openverse") == 2               # requests seen (cache tests)
 
@@ -28,6 +28,8 @@ Result ``n`` (0-based, across pages) of a provider has the image URL ``<image_ba
 ``state.same_images`` makes both providers serve ``/img/shared/<n>.jpg`` (overlapping results);
 ``state.wikimedia_thumbs = False`` leaves out ``thumburl``. ``state.fail(provider, status, times=None)`` makes the next requests answer 429 (with
 ``Retry-After: state.retry_after``) or 500; ``state.svg`` lists Wikimedia result numbers served as SVG.
+``state.redirects[provider] = url`` answers 302 to ``url``; ``state.malformed`` lists Openverse result numbers whose
+``url`` is an object, not a string; ``state.error_body`` is what failing requests answer.
 ``FakeDDGS`` / ``ddgs_factory(...)`` stand in for ``ddgs.DDGS`` (``images(query, max_results=...)``).
 """
 from __future__ import annotations
@@ -69,6 +71,10 @@ class SearchState:
     requests: list[Seen] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
     failures: dict[str, list[int]] = field(default_factory=dict)  # provider -> [status, times left or -1]
+    redirects: dict[str, str] = field(default_factory=dict)  # provider -> a Location to answer 302 with
+    malformed: set[int] = field(default_factory=set)  # Openverse result numbers whose url is not a string
+    error_body: str = "Internal Server Error"  # what a failing request's body says
+    creator: Optional[str] = None  # every Openverse result's creator (default "Photographer <n>")
 
     def total(self, provider: str, query: str) -> int:
         return self.per_query.get((provider, query), self.results.get(provider, 0))
@@ -88,7 +94,7 @@ class SearchState:
         if status == 429:
             return web.json_response({"detail": "Request was throttled. Expected available in 1 second."},
                                      status=429, headers={"Retry-After": self.retry_after})
-        return web.Response(status=status, text="Internal Server Error")
+        return web.Response(status=status, text=self.error_body)
 
 
 def _base(request: web.Request, state: SearchState, query: str = "") -> str:
@@ -117,6 +123,8 @@ def make_app(state: SearchState) -> web.Application:
 
     async def openverse(request: web.Request) -> web.Response:
         _record(request, state, "openverse")
+        if "openverse" in state.redirects:
+            raise web.HTTPFound(state.redirects["openverse"])
         if (failure := state._failure("openverse")) is not None:
             return failure
         auth = request.headers.get("Authorization", "")
@@ -133,8 +141,11 @@ def make_app(state: SearchState) -> web.Application:
         if page > max(page_count, 1):
             return web.json_response({"detail": "Invalid page."}, status=400)
         base = _base(request, state, q.get("q", ""))
-        results = [_openverse_item(n, q.get("q", ""), base, str(request.url.origin()), state.same_images)
-                   for n in range((page - 1) * size, min(page * size, total))]
+        results = [_openverse_item(n, q.get("q", ""), base, str(request.url.origin()), state.same_images,
+                                   state.creator) for n in range((page - 1) * size, min(page * size, total))]
+        for n, item in zip(range((page - 1) * size, min(page * size, total)), results):
+            if n in state.malformed:
+                item["url"] = {"href": item["url"]}
         return web.json_response({"result_count": total, "page_count": page_count, "page_size": size,
                                   "page": page, "results": results, "warnings": []})
 
@@ -168,10 +179,11 @@ def make_app(state: SearchState) -> web.Application:
     return app
 
 
-def _openverse_item(n: int, query: str, base: str, origin: str, shared: bool) -> dict[str, Any]:
+def _openverse_item(n: int, query: str, base: str, origin: str, shared: bool,
+                    creator: Optional[str] = None) -> dict[str, Any]:
     lic, ver = LICENSES[n % len(LICENSES)]
     ident = f"4bc43a04-ef46-4544-a0c1-{n:012d}"
-    title, creator = f"{query.title()} {n}", f"Photographer {n}"
+    title, creator = f"{query.title()} {n}", creator or f"Photographer {n}"
     lic_url = f"https://creativecommons.org/{'publicdomain/zero' if lic == 'cc0' else 'licenses/' + lic}/{ver}/"
     lic_name = "CC0 1.0" if lic == "cc0" else f"CC {lic.upper()} {ver}"
     return {

@@ -21,7 +21,8 @@ def run_search(state: SearchState, body: Callable[[Searcher, str], Awaitable[Any
     """Start the fake APIs, build a Searcher pointed at them, and run `body(searcher, base_url)`."""
     async def main() -> Any:
         async with serve(state) as base, aiohttp.ClientSession() as session:
-            cfg = SearchConfig(openverse_url=base, wikimedia_url=f"{base}/w/api.php", retry_delay=0, **config)
+            cfg = SearchConfig(openverse_url=base, wikimedia_url=f"{base}/w/api.php", retry_delay=0,
+                               allow=("127.0.0.1",), **config)
             return await body(Searcher(session, cfg, cache=cache, db=db), base)
     return asyncio.run(main())
 
@@ -258,3 +259,86 @@ def test_licence_names_are_normalised():
     assert clean_license("CC0") == "cc0 1.0"
     assert clean_license("Public domain") == "Public domain"
     assert clean_license("") is None
+
+
+# ------------------------------------------------------------ the address guard and hostile answers
+
+
+def test_a_search_api_redirecting_to_a_private_address_is_refused_before_connecting():
+    hits: list[str] = []
+
+    async def main() -> str:
+        from aiohttp import web
+
+        async def inner(request):  # a service on another loopback address, standing in for an internal host
+            hits.append(request.path)
+            return web.json_response({"results": []})
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", inner)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.2", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        state = SearchState()
+        state.redirects["openverse"] = f"http://127.0.0.2:{port}/latest/meta-data/"
+        try:
+            async with serve(state) as base, aiohttp.ClientSession() as session:
+                cfg = SearchConfig(openverse_url=base, retry_delay=0, allow=("127.0.0.1",))
+                with pytest.raises(SearchUnavailable) as caught:
+                    await Searcher(session, cfg).page("openverse", "cats", 1)
+                return str(caught.value)
+        finally:
+            await runner.cleanup()
+
+    message = asyncio.run(main())
+    assert hits == []  # never fetched
+    assert "openverse" in message and "127.0.0.2 is a loopback address" in message
+
+
+def test_an_ip_literal_search_url_is_checked_too():
+    async def main() -> str:
+        async with aiohttp.ClientSession() as session:
+            cfg = SearchConfig(openverse_url="http://169.254.169.254", retry_delay=0)
+            with pytest.raises(SearchUnavailable) as caught:
+                await Searcher(session, cfg).page("openverse", "cats", 1)
+            return str(caught.value)
+
+    assert "169.254.169.254 is a link-local (cloud metadata) address" in asyncio.run(main())
+
+
+def test_errors_name_the_source_and_status_never_the_body():
+    state = SearchState(error_body="Traceback: password=hunter2 at db.internal")
+    state.fail("openverse", 404)
+
+    async def body(searcher, base):
+        with pytest.raises(SearchUnavailable) as caught:
+            await searcher.page("openverse", "cats", 1)
+        return str(caught.value)
+
+    message = run_search(state, body)
+    assert message == "openverse answered HTTP 404"
+
+
+def test_a_huge_search_answer_is_cut_at_the_byte_cap():
+    state = SearchState(results={"openverse": 20})
+
+    async def body(searcher, base):
+        with pytest.raises(SearchUnavailable) as caught:
+            await searcher.page("openverse", "cats", 1)
+        return str(caught.value)
+
+    message = run_search(state, body, max_bytes=2000)
+    assert "openverse did not answer" in message and "limit" in message
+
+
+def test_a_malformed_result_is_skipped_and_the_rest_of_the_page_kept():
+    state = SearchState(results={"openverse": 5}, malformed={1, 3})
+    found = search(state, "sunflower", 10)
+    assert len(found) == 3 and all(isinstance(c.url, str) for c in found)
+
+
+def test_the_config_never_shows_the_client_secret():
+    cfg = SearchConfig(openverse_client_id="client-1", openverse_client_secret="secret-1")
+    assert "secret-1" not in repr(cfg) and "client-1" in repr(cfg)
