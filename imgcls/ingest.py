@@ -93,14 +93,14 @@ def _ingest(
     if len(data) > limits.max_bytes:
         size, limit = mb(len(data)), mb(limits.max_bytes)
         raise _Refused("too_large", f"the file is {size}; the limit is {limit}")
-    img, original_size, original_format = _decode(data, limits)
-    width, height = img.size
+    img, (width, height), original_size, original_format = _decode(data, limits)
     if min(width, height) < limits.min_side:
         raise _Refused(
             "too_small",
             f"the image is {width}×{height} pixels; both sides must be at least "
             f"{limits.min_side} pixels",
         )
+    _check_stored_shape(width, height, limits)
     img = _downscale(img, limits.stored_max_side)
 
     img.info = {}  # no comment, EXIF, XMP or ICC profile is carried over
@@ -139,10 +139,23 @@ def decode_rgb(data: bytes, limits: IngestLimits = IngestLimits()) -> Image.Imag
     if len(data) > limits.max_bytes:
         raise InvalidInput(f"The image is {mb(len(data))}; the limit is {mb(limits.max_bytes)}.")
     try:
-        img, _, _ = _decode(data, limits)
+        img, _, _, _ = _decode(data, limits)
     except _Refused as refusal:
         raise InvalidInput(f"That image can't be used: {refusal.detail}.") from None
     return _downscale(img, limits.stored_max_side)
+
+
+def _check_stored_shape(width: int, height: int, limits: IngestLimits) -> None:
+    """Refuse an image so long and thin that its stored copy (at most stored_max_side long) would be narrower
+    than min_side: a 64×20000 strip would be kept as 2×512 pixels."""
+    longest, shortest = max(width, height), min(width, height)
+    if longest <= limits.stored_max_side:
+        return
+    kept = round(shortest * limits.stored_max_side / longest)
+    if kept < limits.min_side:
+        widest = limits.stored_max_side / limits.min_side
+        raise _Refused("too_small", f"the image is {width}×{height} pixels, so long and thin that its stored "
+                                    f"copy would be only {kept} pixels across; crop it to at most 1:{widest:g}")
 
 
 def _downscale(img: Image.Image, max_side: int) -> Image.Image:
@@ -156,8 +169,12 @@ def _downscale(img: Image.Image, max_side: int) -> Image.Image:
     return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=1.0)
 
 
-def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], str]:
-    """The first frame, fully decoded, upright and RGB; with the original size and format."""
+def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], tuple[int, int], str]:
+    """The first frame, fully decoded, upright and RGB, with its upright size, the original size and format.
+
+    Modes other than RGB are converted a strip at a time and box-reduced on the way (to no less than twice
+    the stored size, so the final Lanczos step has pixels to work with): a 40-megapixel 16-bit or float
+    greyscale, or a transparent PNG, never exists as full-size float or RGBA copies at once."""
     with warnings.catch_warnings():  # restores the filters afterwards
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -171,8 +188,10 @@ def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, 
             ImageOps.exif_transpose(im, in_place=True)
         except Exception:  # broken EXIF: keep the pixels as they are
             log.debug("ignoring unreadable EXIF orientation", exc_info=True)
+        upright = im.size
+        factor = max(1, max(upright) // (2 * limits.stored_max_side))
         try:
-            return _to_rgb(im), original_size, original_format
+            return _to_rgb(im, factor), upright, original_size, original_format
         except Exception as e:
             log.debug("cannot convert a %s image in mode %s: %r", original_format, im.mode, e)
             detail = f"the image's colours cannot be read (mode {im.mode})"
@@ -206,35 +225,74 @@ def _open(data: bytes, limits: IngestLimits) -> Image.Image:
     return im
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """RGB: alpha composited onto white, CMYK converted, 16-bit and float grey scaled to 8 bits."""
+#: Rows converted at a time: a strip of a 10,000-pixel-wide float image is about 20 MB as float64.
+_STRIP_PIXELS = 2_500_000
+
+
+def _to_rgb(im: Image.Image, factor: int = 1) -> Image.Image:
+    """RGB: alpha composited onto white, CMYK converted, 16-bit and float grey scaled to 8 bits; box-reduced
+    by `factor`. Other modes than RGB go a strip at a time, so memory stays near the decoded image's own."""
     if im.mode == "RGB" and "transparency" not in im.info:
         return im
     if im.mode == "F" or im.mode.startswith("I"):
-        return Image.fromarray(_grey_to_8bit(np.asarray(im), im.mode), "L").convert("RGB")
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, _WHITE)
-        background.alpha_composite(rgba)
-        return background.convert("RGB")
-    return im.convert("RGB")
+        scale = _grey_scale(im)
+        convert = lambda strip: Image.fromarray(scale(np.asarray(strip)), "L").convert("RGB")  # noqa: E731
+    elif im.mode in _ALPHA_MODES or "transparency" in im.info:
+        def convert(strip: Image.Image) -> Image.Image:
+            rgba = strip.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, _WHITE)
+            background.alpha_composite(rgba)
+            return background.convert("RGB")
+    else:
+        convert = lambda strip: strip.convert("RGB")  # noqa: E731
+    return _by_strips(im, convert, factor)
 
 
-def _grey_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit, 32-bit and float greyscale scaled (not clipped) into 0..255."""
-    a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+def _by_strips(im: Image.Image, convert, factor: int) -> Image.Image:
+    """convert() applied to horizontal strips of `im` (a multiple of `factor` rows each), each box-reduced by
+    `factor` and pasted into one RGB image."""
+    width, height = im.size
+    rows = max(factor, (_STRIP_PIXELS // max(1, width)) // factor * factor)
+    out = Image.new("RGB", (max(1, -(-width // factor)), max(1, -(-height // factor))))
+    for top in range(0, height, rows):
+        strip = convert(im.crop((0, top, width, min(height, top + rows))))
+        if factor > 1:
+            strip = strip.reduce(factor)
+        out.paste(strip, (0, top // factor))
+    return out
+
+
+def _grey_scale(im: Image.Image):
+    """A function mapping strips of this 16-bit, 32-bit or float greyscale image into 0..255 (scaled, not
+    clipped), from the range of the whole image, found a strip at a time."""
+    mode = im.mode
+    width, height = im.size
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+    low, high = np.inf, -np.inf
+    for top in range(0, height, rows):
+        a = np.asarray(im.crop((0, top, width, min(height, top + rows))))
+        if a.dtype.kind == "f":
+            a = a[np.isfinite(a)]
+        if a.size:
+            low, high = min(low, float(a.min())), max(high, float(a.max()))
+    if low > high:  # empty, or nothing finite
+        low = high = 0.0
     if mode.startswith("I;16"):
-        scaled = a / 257.0
+        offset, gain = 0.0, 1 / 257.0
     elif mode == "F" and low >= 0 and high <= 1:
-        scaled = a * 255.0
+        offset, gain = 0.0, 255.0
     elif low >= 0 and high <= 255:
-        scaled = a
+        offset, gain = 0.0, 1.0
     elif low >= 0 and high <= 65535:
-        scaled = a / 257.0
+        offset, gain = 0.0, 1 / 257.0
     else:  # an unusual range: stretch it
-        scaled = (a - low) * (255.0 / (high - low)) if high > low else np.zeros_like(a)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        offset, gain = low, (255.0 / (high - low) if high > low else 0.0)
+
+    def scale(a: np.ndarray) -> np.ndarray:
+        a = np.nan_to_num(a.astype(np.float64), nan=offset, posinf=offset, neginf=offset)
+        return np.clip(np.rint((a - offset) * gain), 0, 255).astype(np.uint8)
+
+    return scale
 
 
 def _sniff(data: bytes) -> str:

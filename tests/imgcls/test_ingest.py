@@ -110,7 +110,10 @@ def test_truncated_image_is_corrupt(tmp_path, fmt, keep):
         ((63, 200), False),
         ((200, 63), False),
         ((64, 64), True),
-        ((64, 1000), True),
+        ((64, 512), True),
+        ((80, 640), True),  # 1:8 keeps 64 pixels across at 512 long
+        ((64, 1000), False),  # its stored copy would be 33×512
+        ((20000, 64), False),
     ],
 )
 def test_images_smaller_than_min_side_are_too_small(tmp_path, size, ok):
@@ -119,6 +122,8 @@ def test_images_smaller_than_min_side_are_too_small(tmp_path, size, ok):
     if not ok:
         assert outcome.reason == "too_small"
         assert f"{size[0]}×{size[1]}" in outcome.detail and "64" in outcome.detail
+    if ok:
+        assert min(outcome.width, outcome.height) >= 64  # the stored copy too
 
 
 def test_body_over_max_bytes_is_too_large(tmp_path):
