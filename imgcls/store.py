@@ -45,17 +45,46 @@ def label_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold().strip()
 
 
+#: Characters that draw nothing (or a blank) yet make two labels that look the same differ: zero-width
+#: spaces and joiners, fillers (U+3164 and friends), the blank braille pattern, the word joiner family.
+INVISIBLE = frozenset("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u2800\u3164\uffa0\ufeff"
+                      + "".join(map(chr, range(0x200b, 0x2010))) + "".join(map(chr, range(0x2060, 0x2070)))
+                      + "".join(map(chr, range(0xfe00, 0xfe10))))
+#: Bidirectional overrides and isolates: they reorder the text around them (a name that reads backwards).
+BIDI_CONTROLS = frozenset("\u200e\u200f\u061c" + "".join(map(chr, range(0x202a, 0x202f)))
+                          + "".join(map(chr, range(0x2066, 0x206a))))
+
+
+def _invisible(text: str, i: int) -> bool:
+    """Whether text[i] draws nothing. A zero-width joiner between two emoji and a variation selector after
+    one are part of the emoji (👩‍🌾), so they are fine there and nowhere else."""
+    c = text[i]
+    before, after = text[i - 1] if i else "", text[i + 1] if i + 1 < len(text) else ""
+    if c == "\u200d" and _emoji(before) and _emoji(after):
+        return False
+    if c == "\ufe0f" and _emoji(before):
+        return False
+    kind = unicodedata.category(c)
+    return c in INVISIBLE or kind in ("Cc", "Cf", "Co", "Cn", "Zl", "Zp") or (kind == "Zs" and c != " ")
+
+
+def _emoji(c: str) -> bool:
+    return bool(c) and (unicodedata.category(c) == "So" or c == "\ufe0f" or 0x1F3FB <= ord(c) <= 0x1F3FF)
+
+
 def clean_label(name: str) -> str:
-    """A label as it will be stored, or InvalidInput saying why not."""
-    name = unicodedata.normalize("NFC", str(name)).strip()
+    """A label as it will be stored (NFKC: fullwidth and compatibility forms become plain ones), or
+    InvalidInput saying why not."""
+    name = unicodedata.normalize("NFKC", str(name)).strip()
     if not name:
         raise InvalidInput("A label cannot be empty.")
     if len(name) > MAX_LABEL_LEN:
         raise InvalidInput(f"Label '{name[:20]}…' is {len(name)} characters; the limit is {MAX_LABEL_LEN}.")
     if "/" in name or "\\" in name or name in (".", ".."):
         raise InvalidInput(f"Label '{name}' cannot contain / or \\ or be '.' or '..'.")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") and c not in "\u200d\ufe0f" for c in name):
-        raise InvalidInput(f"Label {name!r} contains control characters; type it again without them.")
+    if any(_invisible(name, i) for i in range(len(name))):
+        raise InvalidInput(f"Label {name!r} contains invisible or control characters (zero-width spaces, "
+                           "joiners, fillers, odd spaces); type it again with letters, digits and plain spaces.")
     return name
 
 
@@ -217,6 +246,9 @@ class Store:
         name = str(name).strip()
         if not name or len(name) > 100 or any(unicodedata.category(c) == "Cc" for c in name):
             raise InvalidInput("A workshop name must be 1-100 characters with no control characters.")
+        if any(c in BIDI_CONTROLS for c in name):
+            raise InvalidInput("A workshop name cannot contain text-direction controls (they make it read "
+                               "differently from how it was typed); type it again without them.")
         with self.transaction():
             for row in self._active_workshops(guild_id):
                 if channel_id is not None and row["channel_id"] == channel_id:

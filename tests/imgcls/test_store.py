@@ -132,11 +132,19 @@ def test_labels_keep_their_order_even_after_removals(store):
                                            ("Ｃats", "cats")])
 def test_labels_are_unique_regardless_of_case(store, first, second):
     wid = new_workshop(store, [first])
-    with pytest.raises(ConflictError, match=re.escape(f"already in this workshop (as '{first}')")):
+    with pytest.raises(ConflictError, match=re.escape(f"already in this workshop (as '{clean_label(first)}')")):
         store.add_labels(wid, [second])
     with pytest.raises(ConflictError):
         new_workshop(store, [first, second], name="other")
-    assert store.labels(wid) == [first]
+    assert store.labels(wid) == [clean_label(first)]
+
+
+def test_labels_are_stored_and_compared_after_nfkc(store):
+    wid = new_workshop(store, ["ｒｏｓｅｓ", "ﬁsh"])  # fullwidth letters, a ligature
+    assert store.labels(wid) == ["roses", "fish"]
+    assert store.resolve_label(wid, "ROSES") == "roses"
+    with pytest.raises(ConflictError):
+        store.add_labels(wid, ["fish"])
 
 
 def test_emoji_and_any_script_are_fine_as_labels(store):
@@ -148,7 +156,9 @@ def test_emoji_and_any_script_are_fine_as_labels(store):
 
 
 @pytest.mark.parametrize("label", ["", "   ", "x" * 41, "cats/dogs", "cats\\dogs", "tab\there", "new\nline",
-                                   "nul\x00", "zero\u200bwidth", ".", ".."])
+                                   "nul\x00", "zero\u200bwidth", ".", "..", "join\u200ded", "cats\u200d",
+                                   "\u3164", "hangul\u3164filler", "\u2800", "soft\u00adhyphen",
+                                   "word\u2060joiner", "\ufeffbom", "rtl\u202eoverride"])
 def test_labels_that_could_break_paths_or_displays_are_refused(store, label):
     wid = new_workshop(store, ["ok"])
     with pytest.raises(InvalidInput):
@@ -700,3 +710,9 @@ def test_an_old_orphan_ingested_again_is_not_swept_before_it_is_recorded(store):
     assert store.sweep_orphans(min_age_seconds=3600) == 0  # it was just used, so it is not swept
     assert store.add_image(two, "circles", again).ok
     assert store.image_path(store.image(store.images(two)[0]["id"])).exists()
+
+
+@pytest.mark.parametrize("name", ["evil\u202etxt.exe", "\u2067isolated\u2069", "mark\u200fname"])
+def test_workshop_names_with_text_direction_controls_are_refused(store, name):
+    with pytest.raises(InvalidInput, match="text-direction"):
+        store.create_workshop(name, ["a", "b"])
