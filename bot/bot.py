@@ -51,6 +51,9 @@ class WorkshopBot(commands.Bot):
                  predict_pool: Optional[Executor] = None,
                  session_factory: Optional[Callable[[], aiohttp.ClientSession]] = None, **kwargs: Any) -> None:
         kwargs.setdefault("intents", intents_for(settings))
+        # Nobody is pinged unless a message names them on purpose (the requester of a run): user-supplied
+        # text such as a label "@everyone" can never reach the whole server.
+        kwargs.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(command_prefix=commands.when_mentioned, help_command=None, **kwargs)
         self.settings = settings
         self.trainer = trainer
@@ -81,6 +84,7 @@ class WorkshopBot(commands.Bot):
     def search_config(self) -> SearchConfig:
         s = self.settings
         return SearchConfig(openverse_url=s.openverse_url, wikimedia_url=s.wikimedia_url,
+                            allow=self.download_config.allow,
                             openverse_client_id=s.openverse_client_id or None,
                             openverse_client_secret=s.openverse_client_secret or None)
 
@@ -92,9 +96,9 @@ class WorkshopBot(commands.Bot):
         self.board = await self.db(CleaningBoard, self.store)
         self.suspects = await self.db(SuspectBook, self.store, self.board)
         if self.pool is None:
-            from imgcls.jobs import ignore_interrupts
+            from imgcls.jobs import worker_init
 
-            self.pool = ProcessPoolExecutor(2, mp_context=spawn, initializer=ignore_interrupts)
+            self.pool = ProcessPoolExecutor(2, mp_context=spawn, initializer=worker_init)
             self._own.append(self.pool)
         if self.predict_pool is None:
             from imgcls.predict import warm_up_worker

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence, TextIO
 from . import __version__
 from .credits import credit_line
 from .errors import ImgclsError, InvalidInput
+from .jobs import worker_init
 from .store import Store, parse_labels
 from .types import ARCHS, REJECT_REASONS, SUSPECT_METHODS, ImageMeta, Progress
 
@@ -82,7 +83,7 @@ def cmd_add_folder(store: Store, args: argparse.Namespace) -> int:
     files = folder_files(args.folder, store.labels(ws["id"]))
     line = ProgressLine(sys.stdout)
     workers = max(1, min(args.jobs or os.cpu_count() or 1, len(files)))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init) as pool:
         added = add_files(store, ws["id"], files, meta=ImageMeta(source="folder", added_by=args.who), pool=pool,
                           progress=lambda n, total, item: line.update(f"ingesting {bar(n, total)}"))
     stored = sum(1 for a in added if a.outcome.ok)
@@ -240,6 +241,7 @@ def _search_config():
     env = os.environ
     defaults = SearchConfig()
     return SearchConfig(
+        allow=_download_config().allow,
         openverse_url=env.get("OPENVERSE_URL", defaults.openverse_url),
         wikimedia_url=env.get("WIKIMEDIA_URL", defaults.wikimedia_url),
         openverse_client_id=env.get("OPENVERSE_CLIENT_ID") or None,
@@ -284,7 +286,7 @@ def cmd_download(store: Store, args: argparse.Namespace) -> int:
     workers = max(1, min(args.jobs or os.cpu_count() or 1, 8))
     # The executors live outside the event loop, so shutting them down never blocks it.
     with ThreadPoolExecutor(1, thread_name_prefix="db") as db, \
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init) as pool:
         report = asyncio.run(main(db, pool))
     for error in report.errors:
         line.print(f"warning: {error}")

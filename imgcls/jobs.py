@@ -45,12 +45,19 @@ def _stop_live_workers() -> None:
             proc.join(5)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """A job whose caller died (killed, crashed) stops too, instead of training for nobody."""
+def _exit_with_parent(parent_pid: int, every: float = 0.5) -> None:
+    """A worker whose caller died (killed, crashed) stops too, instead of running for nobody."""
     while True:
-        time.sleep(1.0)
         if os.getppid() != parent_pid:
             os._exit(1)
+        time.sleep(every)
+
+
+def exit_with_parent() -> None:
+    """For worker processes: exit within a second of the process that started this one dying, kill -9
+    included (the orphan is re-parented, and a thread notices). Not the kernel's PR_SET_PDEATHSIG: that
+    fires when the parent's *thread* that started us ends, and pools start workers from short-lived threads."""
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
 
 
 def ignore_interrupts() -> None:
@@ -59,13 +66,20 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def worker_init() -> None:
+    """The initializer for every pool of worker processes (ingest, prediction): no Ctrl-C of their own,
+    and no life after their parent's."""
+    ignore_interrupts()
+    exit_with_parent()
+
+
 def _child(warm: Optional[Callable[[], Any]], jobs: Any, events: Any, parent_pid: int) -> None:
     """Runs in the worker process: warm up, wait for one job, run it, report, exit."""
     ignore_interrupts()
     import logging as _logging
     import warnings
 
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="exit-with-parent", daemon=True).start()
     _logging.basicConfig(level=_logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not for people
     if warm is not None:

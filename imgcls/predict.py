@@ -136,9 +136,9 @@ _worker_predictor: Optional[Predictor] = None
 def warm_up_worker() -> None:
     """Import torch and fastai now, so the first prediction does not pay for it."""
     global _worker_predictor
-    from .jobs import ignore_interrupts
+    from .jobs import worker_init
 
-    ignore_interrupts()
+    worker_init()
     import fastai.vision.all  # noqa: F401  (the import is the warm-up)
 
     _worker_predictor = _worker_predictor or Predictor()
