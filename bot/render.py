@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from imgcls.cleaning import DELETE, KEEP, RELABEL, tally
@@ -14,6 +15,30 @@ LABEL_EMOJI = ("1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣", "6️⃣",
                "🇦", "🇧", "🇨", "🇩", "🇪", "🇫", "🇬", "🇭", "🇮", "🇯")  # 20 labels at most
 MESSAGE_LIMIT = 2000
 MAX_RELABEL_CHOICES = 18  # Discord allows 20 different reactions on a message: keep, delete and 18 labels
+
+
+# ---------------------------------------------------------------- user-supplied text
+
+ZWSP = "\u200b"
+_MARKDOWN = re.compile(r"([\\*_~`|>\[\]()#:-])")
+
+
+def plain(text: Any) -> str:
+    """User-supplied text (labels, titles, creators, names) as inert text in a message: markdown escaped, so
+    no bold, masked link or heading; mentions broken with a zero-width space, so @everyone, <@1> and <@&1>
+    can never ping (the bot's allowed_mentions also forbid it)."""
+    out = _MARKDOWN.sub(r"\\\1", str(text))
+    return out.replace("@", "@" + ZWSP).replace("<", "<" + ZWSP)
+
+
+def code(text: Any) -> str:
+    """User-supplied text inside a code block or `inline code`: it cannot close the block, or ping."""
+    return str(text).replace("`", "ˋ").replace("@", "@" + ZWSP)
+
+
+def emphasis(text: Any) -> str:
+    """A label in italics, for the reasons a vote gives (imgcls.suspects.explain's `quote`)."""
+    return f"*{plain(text)}*"
 
 
 def bar(done: int, total: int, width: int = 16) -> str:
@@ -37,9 +62,10 @@ def seconds(s: Optional[float]) -> str:
 
 
 def counts_block(counts: Mapping[str, int], target: Optional[int] = None) -> str:
-    width = max((len(k) for k in counts), default=5)
+    width = max((len(code(k)) for k in counts), default=5)
     lines = []
     for label, n in counts.items():
+        label = code(label)
         lines.append(f"{label:<{width}}  {bar(n, target)} {n}/{target}" if target else f"{label:<{width}}  {n:>4}")
     return "```\n" + ("\n".join(lines) or "(no labels)") + "\n```"
 
@@ -53,8 +79,8 @@ def reasons_line(reasons: Mapping[str, int]) -> str:
 
 def download_progress(labels: Sequence[Any], *, done: bool = False, note: str = "") -> str:
     """labels: DownloadProgress-like objects (label, stored, rejected, target, reasons)."""
-    width = max((len(p.label) for p in labels), default=5)
-    rows = [f"{p.label:<{width}}  {bar(p.stored, p.target)} {p.stored}/{p.target}"
+    width = max((len(code(p.label)) for p in labels), default=5)
+    rows = [f"{code(p.label):<{width}}  {bar(p.stored, p.target)} {p.stored}/{p.target}"
             + (f"  ({p.rejected} refused)" if p.rejected else "") for p in labels]
     reasons: dict[str, int] = {}
     for p in labels:
@@ -95,7 +121,7 @@ def train_status(run_id: int, *, state: str, epochs: Sequence[Mapping[str, Any]]
 def pairs_line(most_confused: Sequence[Sequence[Any]]) -> str:
     if not most_confused:
         return "No confusions in the validation set."
-    return "Most confused: " + ", ".join(f"{a} → {b} ({n}×)" for a, b, n in most_confused[:5])
+    return "Most confused: " + ", ".join(f"{plain(a)} → {plain(b)} ({n}×)" for a, b, n in most_confused[:5])
 
 
 def run_results(run: Mapping[str, Any], mention: str = "") -> str:
@@ -138,11 +164,11 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
                  f"-# Each run's own figure: run {before['id']} {a0:.1%} on its {m0.get('n_valid', '?')} validation "
                  f"images as they were labelled then; run {after['id']} {a1:.1%} on {m1.get('n_valid', '?')}."]
         if diff.fixed:
-            lines.append("Wrong → right: " + ", ".join(f"image {i} ({label}; was {old})"
+            lines.append("Wrong → right: " + ", ".join(f"image {i} ({plain(label)}; was {plain(old)})"
                                                        for i, label, old in diff.fixed[:12])
                          + (f" and {len(diff.fixed) - 12} more" if len(diff.fixed) > 12 else ""))
         if diff.broken:
-            lines.append("Right → wrong: " + ", ".join(f"image {i} ({label}; now {new})"
+            lines.append("Right → wrong: " + ", ".join(f"image {i} ({plain(label)}; now {plain(new)})"
                                                        for i, label, new in diff.broken[:12])
                          + (f" and {len(diff.broken) - 12} more" if len(diff.broken) > 12 else ""))
         if not diff.fixed and not diff.broken:
@@ -156,7 +182,7 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
     if changes:
         lines.append("Cleaned images:")
         for c in changes[:20]:
-            what = "deleted" if c["action"] == "delete" else f"relabelled {c['old']} → {c['new']}"
+            what = "deleted" if c["action"] == "delete" else f"relabelled {plain(c['old'])} → {plain(c['new'])}"
             lines.append(f"• image {c['image_id']}: {what}")
         if len(changes) > 20:
             lines.append(f"…and {len(changes) - 20} more.")
@@ -200,21 +226,21 @@ def choice_emoji(labels: Sequence[str]) -> dict[str, str]:
 
 def candidate_text(cand: Mapping[str, Any], labels: Sequence[str], votes: Mapping[str, Iterable[str]],
                    credit: str = "", outcome: str = "") -> str:
-    legend = " · ".join(f"{e} {c[len(RELABEL):] if c.startswith(RELABEL) else c}"
+    legend = " · ".join(f"{e} {plain(c[len(RELABEL):]) if c.startswith(RELABEL) else c}"
                         for e, c in choice_emoji(labels).items())
     counts = tally(votes)
     shown = {e: counts.get(c, 0) for e, c in choice_emoji(labels).items()}
     tally_line = " ".join(f"{e} {n}" for e, n in shown.items() if n) or "no votes yet"
-    if cand.get("reason"):
+    if cand.get("reason"):  # written with emphasis(): its labels are escaped already
         why = f"**Vote {cand['id']}** — image {cand['image_id']}: {cand['reason']}."
     else:
-        why = (f"**Vote {cand['id']}** — image {cand['image_id']}, labelled **{cand['label']}**; "
-               f"the model says **{cand['predicted']}** ({cand.get('probability') or 0:.0%}).")
+        why = (f"**Vote {cand['id']}** — image {cand['image_id']}, labelled **{plain(cand['label'])}**; "
+               f"the model says **{plain(cand['predicted'])}** ({cand.get('probability') or 0:.0%}).")
     lines = [why,
              f"React to vote: {legend}",
              f"Votes ({len(votes)} people): {tally_line}"]
     if credit:
-        lines.append(f"-# {credit}")
+        lines.append(f"-# {plain(credit)}")
     if outcome:
         lines.append(f"**Closed:** {outcome}")
     return clip("\n".join(lines))
@@ -224,7 +250,8 @@ def outcome_text(result: Mapping[str, Any]) -> str:
     if result["action"] == "delete":
         return f"deleted ({result['votes']} of {result['voters']} votes)"
     if result["action"] == "relabel":
-        return f"relabelled {result['old_label']} → {result['label']} ({result['votes']} of {result['voters']} votes)"
+        return (f"relabelled {plain(result['old_label'])} → {plain(result['label'])} ({result['votes']} of "
+                f"{result['voters']} votes)")
     return f"kept ({result['why'] or 'majority keep'})"
 
 
@@ -240,8 +267,8 @@ def apply_summary(summary: Mapping[str, Any]) -> str:
 
 
 def prediction_text(pred: Any, threshold: float, name: str = "") -> str:
-    top = "\n".join(f"{i + 1}. **{label}** {p:.1%}" for i, (label, p) in enumerate(pred.top))
-    verdict = (f"Not sure — my best guess is **{pred.label}** ({pred.probability:.0%})."
-               if pred.probability < threshold else f"That looks like **{pred.label}**.")
-    head = f"`{name}`: " if name else ""
+    top = "\n".join(f"{i + 1}. **{plain(label)}** {p:.1%}" for i, (label, p) in enumerate(pred.top))
+    verdict = (f"Not sure — my best guess is **{plain(pred.label)}** ({pred.probability:.0%})."
+               if pred.probability < threshold else f"That looks like **{plain(pred.label)}**.")
+    head = f"`{code(name)}`: " if name else ""
     return clip(f"{head}{verdict}\n{top}\n-# model from run {pred.run_id}")

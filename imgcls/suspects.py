@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .cleaning import CleaningBoard
 from .errors import InvalidInput, NotFound
@@ -44,6 +44,7 @@ class Suspect:
     label: str  # the label it had in the run
     predicted: str
     probability: float  # the checking model's, for `predicted`
+    label_probability: float  # ... and for the image's own label
     score: float  # cleanlab's score for `kind`: near 0 is a surer problem
     flagged: bool  # cleanlab flags it (rather than a plain disagreement)
     duplicate_of: Optional[int] = None
@@ -63,16 +64,21 @@ class Selection:
         return len(self.suspects) < self.asked
 
 
-def explain(score: ImageScore, kinds: Iterable[str]) -> str:
-    """The vote message's reason, in words a beginner understands."""
+def _stars(label: str) -> str:
+    return f"*{label}*"
+
+
+def explain(score: ImageScore | Suspect, kinds: Iterable[str], quote: Callable[[str], str] = _stars) -> str:
+    """The vote message's reason, in words a beginner understands. `quote` sets a label off from the words
+    around it (the bot's also escapes what a label could do in a message)."""
     parts = []
     for kind in kinds:
         if kind == "label":
             if score.predicted != score.label:
-                parts.append(f"labelled *{score.label}*; the model is {score.probability:.0%} sure it is "
-                             f"*{score.predicted}*")
+                parts.append(f"labelled {quote(score.label)}; the model is {score.probability:.0%} sure it is "
+                             f"{quote(score.predicted)}")
             else:
-                parts.append(f"labelled *{score.label}*, but the model is only {score.label_probability:.0%} "
+                parts.append(f"labelled {quote(score.label)}, but the model is only {score.label_probability:.0%} "
                              "sure of that")
         elif kind == "outlier":
             parts.append("unlike the other images (is it off-topic?)")
@@ -96,7 +102,8 @@ def suspect_of(score: ImageScore) -> Optional[Suspect]:
     flagged, value, kind = found[0]
     kinds = tuple(k for _, _, k in found)
     return Suspect(image_id=score.image_id, kind=kind, reason=explain(score, kinds), label=score.label,
-                   predicted=score.predicted, probability=score.probability, score=value, flagged=flagged,
+                   predicted=score.predicted, probability=score.probability,
+                   label_probability=score.label_probability, score=value, flagged=flagged,
                    duplicate_of=score.duplicate_of, valid=score.valid, kinds=kinds)
 
 

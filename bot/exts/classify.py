@@ -55,7 +55,8 @@ class Classify(commands.Cog):
         lines = []
         for att in attachments:
             if att.size > limit:
-                lines.append(f"`{att.filename}`: {att.size / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB limit.")
+                lines.append(f"`{render.code(att.filename)}`: {att.size / 1e6:.1f} MB is over the {limit / 1e6:.0f} MB "
+                             "limit.")
                 continue
             data = await att.read()
             try:
@@ -63,7 +64,7 @@ class Classify(commands.Cog):
                     self.bot.predict_pool, predict_in_worker, run["model_path"], run["model_sha256"], [data], 3,
                     run["id"])
             except InvalidInput as exc:
-                lines.append(f"`{att.filename}`: {exc}")
+                lines.append(f"`{render.code(att.filename)}`: {render.plain(exc)}")
                 continue
             lines.append(render.prediction_text(pred, self.bot.settings.confidence_threshold, att.filename))
         return lines

@@ -21,7 +21,7 @@ from discord.ext import commands
 
 from imgcls.credits import credit_line
 from imgcls.errors import ConflictError, NotFound
-from imgcls.suspects import Selection, Suspect
+from imgcls.suspects import Selection, Suspect, explain
 
 from .. import render
 from ..checks import host_only, workshop_here
@@ -111,7 +111,8 @@ class Cleaning(commands.Cog):
         legend = [label for label in labels if label != image["label"]][: render.MAX_RELABEL_CHOICES]
         cid = await self.bot.db(self.bot.board.add_candidate, ws["id"], run_id, image["id"],
                                 predicted=suspect.predicted, probability=suspect.probability, channel_id=channel.id,
-                                legend=legend, kind=suspect.kind, score=suspect.score, reason=suspect.reason)
+                                legend=legend, kind=suspect.kind, score=suspect.score,
+                                reason=explain(suspect, suspect.kinds, quote=render.emphasis))
         try:
             cand = await self.bot.db(self.bot.board.candidate, cid)
             data = await asyncio.get_running_loop().run_in_executor(None, self.bot.store.image_path(image).read_bytes)

@@ -52,8 +52,8 @@ async def reply(interaction: discord.Interaction, text: str) -> None:
             await interaction.followup.send(text, ephemeral=True)
         else:
             await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException:
-        log.warning("could not send the error reply for %s", interaction.command and interaction.command.name)
+    except discord.HTTPException as exc:
+        log.warning("could not send the error reply for %s: %s", interaction.command and interaction.command.name, exc)
 
 
 class Errors(commands.Cog):

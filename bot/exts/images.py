@@ -143,14 +143,14 @@ class Images(commands.Cog):
         label = await self.bot.db(store.resolve_label, ws["id"], label)
         have = (await self.bot.db(store.counts, ws["id"])).get(label, 0)
         if have >= self.bot.settings.max_images_per_label:
-            raise InvalidInput(f"**{label}** already has {have} images, the most this bot allows per label.")
+            raise InvalidInput(f"**{render.plain(label)}** already has {have} images, the most this bot allows per label.")
         await interaction.response.defer(thinking=True)
         limits = await self.bot.db(store.ingest_limits, ws["id"])
         lines = []
         for att in [a for a in (image, image2, image3, image4) if a is not None]:
-            lines.append(f"`{att.filename}`: " + await self._add_one(ws["id"], label, att, limits,
+            lines.append(f"`{render.code(att.filename)}`: " + await self._add_one(ws["id"], label, att, limits,
                                                                     str(interaction.user.id)))
-        await interaction.followup.send(f"{interaction.user.mention} → **{label}**\n" + "\n".join(lines))
+        await interaction.followup.send(f"{interaction.user.mention} → **{render.plain(label)}**\n" + "\n".join(lines))
 
     async def _add_one(self, workshop_id: int, label: str, att: discord.Attachment, limits, who: str) -> str:
         if att.size > limits.max_bytes:
@@ -174,12 +174,13 @@ class Images(commands.Cog):
         ws = await workshop_here(interaction)
         rows = await self.bot.db(self.bot.store.images, ws["id"], label=label)
         if not rows:
-            raise NotFound(f"**{label}** has no images yet; add some with `/images add` or `/images download`.")
+            raise NotFound(f"**{render.plain(label)}** has no images yet; add some with `/images add` or `/images download`.")
         await interaction.response.defer(thinking=True)
         picked = rows[-12:]
         tiles = [(str(self.bot.store.image_path(r)), f"#{r['id']}", credit_line(r, short=True)) for r in picked]
         png = await self.bot.in_pool(render_grid, tiles, 4, title=f"{rows[0]['label']}: {len(rows)} images")
-        await interaction.followup.send(f"The latest {len(picked)} of {len(rows)} images labelled **{rows[0]['label']}**.",
+        await interaction.followup.send(f"The latest {len(picked)} of {len(rows)} images labelled "
+                                        f"**{render.plain(rows[0]['label'])}**.",
                                         file=discord.File(io.BytesIO(png), "preview.png"))
 
     @app_commands.command(name="credits", description="Who made the workshop's images, and their licences")
@@ -187,7 +188,8 @@ class Images(commands.Cog):
     async def credits(self, interaction: discord.Interaction) -> None:
         ws = await workshop_here(interaction)
         rows = await self.bot.db(self.bot.store.images, ws["id"])
-        lines = [f"#{r['id']} ({r['label']}): {line}" for r in rows if (line := credit_line(r))]
+        credited = [(r, line) for r in rows if (line := credit_line(r))]
+        lines = [f"#{r['id']} ({render.plain(r['label'])}): {render.plain(line)}" for r, line in credited]
         own = len(rows) - len(lines)
         head = f"Credits for {len(lines)} images" + (f" ({own} were the participants' own photos)." if own else ".")
         if not lines:
@@ -197,7 +199,7 @@ class Images(commands.Cog):
         if len(text) <= render.MESSAGE_LIMIT:
             await interaction.response.send_message(text, suppress_embeds=True)
         else:
-            data = ("\n".join(lines) + "\n").encode()
+            data = "".join(f"#{r['id']} ({r['label']}): {line}\n" for r, line in credited).encode()  # a file: as is
             await interaction.response.send_message(head + " The full list is attached.",
                                                     file=discord.File(io.BytesIO(data), "credits.txt"))
 

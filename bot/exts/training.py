@@ -6,6 +6,7 @@ updating after the 15-minute interaction token has expired.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import time
@@ -18,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from imgcls.compare import compare_runs
-from imgcls.errors import ConflictError, InvalidInput, NotFound
+from imgcls.errors import ConflictError, InvalidInput, ModelRefused, NotFound
 from imgcls.runs import RunParams, prepare_run, record_outcome
 from imgcls.train import train
 from imgcls.types import ARCHS, Progress, to_plain
@@ -174,6 +175,7 @@ class Training(commands.Cog):
                     await self._edit(message, view.text())
         except asyncio.CancelledError:
             future.cancel()  # stops the worker process; the run stays 'running' and is announced after a restart
+            done.cancel()  # nobody will read the job's JobCancelled: asyncio must not log it as never retrieved
             raise
         while not events.empty():
             view.update(events.get_nowait())
@@ -194,12 +196,12 @@ class Training(commands.Cog):
             view.state = run["status"]
             await self._edit(message, view.text())
             await channel.send(render.clip(f"{mention} run {run['id']} {run['status']}: "
-                                           f"{(run['error'] or 'no reason given')[:500]}"),
-                               allowed_mentions=discord.AllowedMentions(users=True))
+                                           f"{render.plain((run['error'] or 'no reason given')[:500])}"),
+                               allowed_mentions=self._only(job.payload["requester"]))
             return
         view.state, view.stage, view.epoch = f"done, accuracy {run['metrics']['accuracy']:.1%}", "", (0, 0)
         await self._edit(message, view.text())
-        await self.post_results(channel, run, mention=mention)
+        await self.post_results(channel, run, mention=mention, requester=job.payload["requester"])
         parent = job.payload.get("parent")
         if parent:
             changes = await self.bot.db(self.bot.board.changes_since, run["workshop_id"], parent["created_at"])
@@ -216,11 +218,17 @@ class Training(commands.Cog):
             return None
         return discord.File(io.BytesIO(Path(path).read_bytes()), name)
 
-    async def post_results(self, channel: Any, run: dict, mention: str = "") -> None:
+    @staticmethod
+    def _only(user_id: int) -> discord.AllowedMentions:
+        """Ping the one person the bot means to tell, and nobody else: no @everyone, no roles."""
+        return discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                       users=[discord.Object(int(user_id))])
+
+    async def post_results(self, channel: Any, run: dict, mention: str = "", requester: Optional[int] = None) -> None:
         files = [f for f in (self._png(run, "confusion", f"run{run['id']}-confusion.png"),
                              self._png(run, "top_losses", f"run{run['id']}-top-losses.png")) if f]
         await channel.send(await self._results_text(run, mention), files=files,
-                           allowed_mentions=discord.AllowedMentions(users=True))
+                           allowed_mentions=self._only(requester) if requester else discord.AllowedMentions.none())
 
     async def _results_text(self, run: dict, mention: str = "") -> str:
         suspects = await self.bot.db(self.bot.suspects.ranking, run["id"])
@@ -235,6 +243,13 @@ class Training(commands.Cog):
                 channel = self.bot.get_channel(run["channel_id"] or ws["channel_id"])
                 if channel is None:
                     continue
+                if run.get("message_id"):  # its status message still shows the epoch and the ETA it stopped at
+                    try:
+                        await channel.get_partial_message(run["message_id"]).edit(content=render.clip(
+                            f"**Run {run['id']}** — interrupted: the bot restarted before it finished. "
+                            "A host can start it again with `/train`."))
+                    except discord.HTTPException as exc:
+                        log.warning("could not mark run %s's status message: %s", run["id"], exc)
                 await channel.send(f"Run {run['id']} was interrupted when the bot restarted; "
                                    "a host can start it again with `/train`.")
             except Exception:
@@ -290,8 +305,13 @@ class Training(commands.Cog):
                 f"limit, so I can't attach it. It is on the bot's host at `runs/{row['id']}/model.pkl` "
                 f"(sha256 `{row['model_sha256'][:16]}…`).", ephemeral=True)
             return
-        await interaction.response.defer(thinking=True)
+        # checked on the very bytes that would go out, before anything is posted (a refusal stays private)
         data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+        if hashlib.sha256(data).hexdigest() != row["model_sha256"]:
+            log.warning("run %s's model file no longer matches its recorded sha256", row["id"])
+            raise ModelRefused(f"Run {row['id']}'s model file has changed since it was trained, so I won't share "
+                               "it; retrain to make a new one.")
+        await interaction.response.defer(thinking=True)
         await interaction.followup.send(
             f"Run {row['id']}'s model ({size / 1e6:.1f} MB; load it with fastai's `load_learner`; "
             f"sha256 `{row['model_sha256']}`).", file=discord.File(io.BytesIO(data), f"run{row['id']}-model.pkl"))

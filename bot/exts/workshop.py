@@ -38,8 +38,8 @@ class Workshop(commands.Cog):
                                channel_id=interaction.channel_id, host_id=interaction.user.id)
         got = await self.bot.db(self.bot.store.labels, ws["id"])
         await interaction.response.send_message(
-            f"Workshop **{ws['name']}** started by {interaction.user.mention} with labels: "
-            f"{', '.join(f'**{label}**' for label in got) or '(none yet: add some with `/labels add`)'}.\n"
+            f"Workshop **{render.plain(ws['name'])}** started by {interaction.user.mention} with labels: "
+            f"{', '.join(f'**{render.plain(label)}**' for label in got) or '(none yet: add some with `/labels add`)'}.\n"
             "Next: a host runs `/images download`, anyone can add photos with `/images add`, then `/train`.")
 
     @workshop.command(name="status", description="Labels, image counts, runs, the queue and the model in use")
@@ -50,7 +50,7 @@ class Workshop(commands.Cog):
         runs = await self.bot.db(store.runs, ws["id"])
         download = await self.bot.db(store.active_download, ws["id"])
         done = [r for r in runs if r["status"] == "done"]
-        lines = [f"**{ws['name']}** — {sum(counts.values())} images", render.counts_block(counts)]
+        lines = [f"**{render.plain(ws['name'])}** — {sum(counts.values())} images", render.counts_block(counts)]
         if done:
             m = done[-1]["metrics"] or {}
             lines.append(f"Model in use: run {done[-1]['id']} ({(done[-1]['params'] or {}).get('arch')}, "
@@ -66,7 +66,9 @@ class Workshop(commands.Cog):
         if download:
             lines.append(f"A download of {download['per_label']} per label is running.")
         if runs:
-            lines.append("Recent runs:\n" + render.runs_list(runs[-3:], {}))
+            names = {str(r["requested_by"]): f"<@{r['requested_by']}>" for r in runs[-3:]
+                     if str(r.get("requested_by") or "").isdigit()}
+            lines.append("Recent runs:\n" + render.runs_list(runs[-3:], names))
         await interaction.response.send_message(render.clip("\n".join(lines)))
 
     @workshop.command(name="reset", description="Archive this channel's workshop (nothing is deleted)")
@@ -75,7 +77,8 @@ class Workshop(commands.Cog):
     async def reset(self, interaction: discord.Interaction, confirm: str) -> None:
         ws = await workshop_here(interaction)
         if confirm.strip().casefold() != ws["name"].casefold():
-            raise InvalidInput(f"To archive the workshop, type its name exactly: `/workshop reset confirm:{ws['name']}`.")
+            raise InvalidInput(f"To archive the workshop, type its name exactly: "
+                               f"`/workshop reset confirm:{render.code(ws['name'])}`.")
         if self.bot.queue.jobs_for(ws["id"]):
             raise InvalidInput("A training run for this workshop is queued or running; wait for it to finish.")
         images = self.bot.get_cog("Images")
@@ -87,7 +90,7 @@ class Workshop(commands.Cog):
             await self.bot.db(self.bot.store.update_download, active["id"], status="cancelled")
         await self.bot.db(self.bot.store.archive_workshop, ws["id"], who=str(interaction.user.id))
         await interaction.response.send_message(
-            f"Workshop **{ws['name']}** is archived: its images, runs and votes are kept in the database. "
+            f"Workshop **{render.plain(ws['name'])}** is archived: its images, runs and votes are kept in the database. "
             "Start a new one with `/workshop start`.")
 
     # ---------------------------------------------------------- /labels
@@ -102,7 +105,7 @@ class Workshop(commands.Cog):
         if len(have) + len(names) > self.bot.settings.max_labels:
             raise InvalidInput(f"This bot allows at most {self.bot.settings.max_labels} labels per workshop.")
         added = await self.bot.db(self.bot.store.add_labels, ws["id"], names)
-        await interaction.response.send_message(f"Added {', '.join(f'**{x}**' for x in added)}.")
+        await interaction.response.send_message(f"Added {', '.join(f'**{render.plain(x)}**' for x in added)}.")
 
     @labels.command(name="remove", description="Remove a label (its images are soft-deleted, undoably)")
     @app_commands.autocomplete(label=label_autocomplete)
@@ -111,7 +114,7 @@ class Workshop(commands.Cog):
         ws = await workshop_here(interaction)
         n = await self.bot.db(self.bot.store.remove_label, ws["id"], label, who=str(interaction.user.id))
         await interaction.response.send_message(
-            f"Removed **{label}**" + (f"; its {n} images are set aside (deleted, recoverable)." if n else "."))
+            f"Removed **{render.plain(label)}**" + (f"; its {n} images are set aside (deleted, recoverable)." if n else "."))
 
     @labels.command(name="list", description="The labels and how many images each has")
     async def labels_list(self, interaction: discord.Interaction) -> None:
