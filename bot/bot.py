@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import multiprocessing
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Optional, TypeVar
@@ -98,12 +99,13 @@ class WorkshopBot(commands.Bot):
         if self.pool is None:
             from imgcls.jobs import worker_init
 
-            self.pool = ProcessPoolExecutor(2, mp_context=spawn, initializer=worker_init)
+            self.pool = ProcessPoolExecutor(2, mp_context=spawn, initializer=worker_init, initargs=(os.getpid(),))
             self._own.append(self.pool)
         if self.predict_pool is None:
             from imgcls.predict import warm_up_worker
 
-            self.predict_pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=warm_up_worker)
+            self.predict_pool = ProcessPoolExecutor(1, mp_context=spawn, initializer=warm_up_worker,
+                                                    initargs=(os.getpid(),))
             self._own.append(self.predict_pool)
             self.predict_pool.submit(int)  # start the worker (and its warm-up) now
         if self.trainer is None:

@@ -20,15 +20,27 @@ MAX_RELABEL_CHOICES = 18  # Discord allows 20 different reactions on a message: 
 # ---------------------------------------------------------------- user-supplied text
 
 ZWSP = "\u200b"
-_MARKDOWN = re.compile(r"([\\*_~`|>\[\]()#:-])")
+_MARKDOWN = re.compile(r"([\\*_~`|>\[\]()#-])")
+_URL = re.compile(r"https?://[^\s<>()\[\]`]+")
+_URL_UNSAFE = {"@": "%40", "*": "%2A", "~": "%7E", "|": "%7C", "_": "%5F"}
 
 
 def plain(text: Any) -> str:
     """User-supplied text (labels, titles, creators, names) as inert text in a message: markdown escaped, so
     no bold, masked link or heading; mentions broken with a zero-width space, so @everyone, <@1> and <@&1>
-    can never ping (the bot's allowed_mentions also forbid it)."""
-    out = _MARKDOWN.sub(r"\\\1", str(text))
-    return out.replace("@", "@" + ZWSP).replace("<", "<" + ZWSP)
+    can never ping (the bot's allowed_mentions also forbid it). Bare web addresses stay clickable: only the
+    characters in them that mean something to Discord are percent-encoded."""
+    text, out, last = str(text), [], 0
+    for m in _URL.finditer(text):
+        out.append(_inert(text[last:m.start()]))
+        out.append("".join(_URL_UNSAFE.get(c, c) for c in m.group()))
+        last = m.end()
+    out.append(_inert(text[last:]))
+    return "".join(out)
+
+
+def _inert(text: str) -> str:
+    return _MARKDOWN.sub(r"\\\1", text).replace("@", "@" + ZWSP).replace("<", "<" + ZWSP)
 
 
 def code(text: Any) -> str:
@@ -195,7 +207,7 @@ def suspects_line(run: Mapping[str, Any], n_suspects: int) -> str:
     """After a run: how many images its check found suspect."""
     scoring = run.get("scoring") or {}
     if scoring.get("error"):
-        return f"Checking the images for mistakes failed ({scoring['error'][:200]}); the model itself is fine."
+        return f"Checking the images for mistakes failed ({plain(scoring['error'][:200])}); the model itself is fine."
     if not scoring.get("scored"):
         return ""
     if not n_suspects:
@@ -252,7 +264,7 @@ def outcome_text(result: Mapping[str, Any]) -> str:
     if result["action"] == "relabel":
         return (f"relabelled {plain(result['old_label'])} → {plain(result['label'])} ({result['votes']} of "
                 f"{result['voters']} votes)")
-    return f"kept ({result['why'] or 'majority keep'})"
+    return f"kept ({plain(result['why'] or 'majority keep')})"
 
 
 def apply_summary(summary: Mapping[str, Any]) -> str:

@@ -83,7 +83,8 @@ def cmd_add_folder(store: Store, args: argparse.Namespace) -> int:
     files = folder_files(args.folder, store.labels(ws["id"]))
     line = ProgressLine(sys.stdout)
     workers = max(1, min(args.jobs or os.cpu_count() or 1, len(files)))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
+                             initargs=(os.getpid(),)) as pool:
         added = add_files(store, ws["id"], files, meta=ImageMeta(source="folder", added_by=args.who), pool=pool,
                           progress=lambda n, total, item: line.update(f"ingesting {bar(n, total)}"))
     stored = sum(1 for a in added if a.outcome.ok)
@@ -286,7 +287,8 @@ def cmd_download(store: Store, args: argparse.Namespace) -> int:
     workers = max(1, min(args.jobs or os.cpu_count() or 1, 8))
     # The executors live outside the event loop, so shutting them down never blocks it.
     with ThreadPoolExecutor(1, thread_name_prefix="db") as db, \
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init) as pool:
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_init,
+                             initargs=(os.getpid(),)) as pool:
         report = asyncio.run(main(db, pool))
     for error in report.errors:
         line.print(f"warning: {error}")

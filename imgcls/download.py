@@ -312,6 +312,8 @@ async def fetch_api(session: aiohttp.ClientSession, url: str, config: DownloadCo
     guard = _guard(config.allow)
     timeout = aiohttp.ClientTimeout(total=config.total_timeout, sock_connect=config.connect_timeout,
                                     sock_read=config.read_timeout)
+    headers = dict(headers or {})
+    origin = URL(url).origin()
     for hop in range(config.max_redirects + 1):
         try:
             await guard.check_url(url, config.allowed_ports, config.connect_timeout)
@@ -322,12 +324,19 @@ async def fetch_api(session: aiohttp.ClientSession, url: str, config: DownloadCo
                                        allow_redirects=False) as resp:
                 if resp.status in _REDIRECTS and "Location" in resp.headers:
                     try:
-                        url = str(resp.url.join(URL(resp.headers["Location"])))
+                        target = resp.url.join(URL(resp.headers["Location"]))
                     except ValueError:
                         raise FetchError("bad_url", "the redirect's Location cannot be read") from None
+                    if resp.url.scheme == "https" and target.scheme != "https":
+                        raise FetchError("bad_url", "an https request was redirected to plain http; not followed")
                     if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
                         method, data = "GET", None
-                    params = None  # the Location carries its own query
+                    if target.origin() != origin:  # credentials and form data are for the host they were meant for
+                        if data is not None:
+                            raise FetchError("bad_url", f"a form sent to {origin.host} was redirected to another host"
+                                                        f" ({target.host}); not followed")
+                        headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+                    url, params = str(target), None  # the Location carries its own query
                     continue
                 if resp.content_length is not None and resp.content_length > max_bytes:
                     raise FetchError("too_large", f"the answer is {mb(resp.content_length)}; the limit is "

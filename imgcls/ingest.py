@@ -20,7 +20,7 @@ from typing import Optional
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from imgcls.errors import InvalidInput
 from imgcls.types import IngestLimits, IngestOutcome
@@ -32,6 +32,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "BMP", "TIFF")
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _WHITE = (255, 255, 255, 255)
 _BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+#: EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose does)
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
@@ -100,8 +104,8 @@ def _ingest(
             f"the image is {width}×{height} pixels; both sides must be at least "
             f"{limits.min_side} pixels",
         )
-    _check_stored_shape(width, height, limits)
     img = _downscale(img, limits.stored_max_side)
+    _check_stored_shape(width, height, img.size, limits)
 
     img.info = {}  # no comment, EXIF, XMP or ICC profile is carried over
     buffer = io.BytesIO()
@@ -145,17 +149,13 @@ def decode_rgb(data: bytes, limits: IngestLimits = IngestLimits()) -> Image.Imag
     return _downscale(img, limits.stored_max_side)
 
 
-def _check_stored_shape(width: int, height: int, limits: IngestLimits) -> None:
-    """Refuse an image so long and thin that its stored copy (at most stored_max_side long) would be narrower
-    than min_side: a 64×20000 strip would be kept as 2×512 pixels."""
-    longest, shortest = max(width, height), min(width, height)
-    if longest <= limits.stored_max_side:
-        return
-    kept = round(shortest * limits.stored_max_side / longest)
-    if kept < limits.min_side:
+def _check_stored_shape(width: int, height: int, kept: tuple[int, int], limits: IngestLimits) -> None:
+    """Refuse an image so long and thin that its stored copy (at most stored_max_side long) is narrower than
+    min_side: a 64×20000 strip would be kept as 2×512 pixels."""
+    if min(kept) < limits.min_side:
         widest = limits.stored_max_side / limits.min_side
         raise _Refused("too_small", f"the image is {width}×{height} pixels, so long and thin that its stored "
-                                    f"copy would be only {kept} pixels across; crop it to at most 1:{widest:g}")
+                                    f"copy would be only {min(kept)} pixels across; crop it to at most 1:{widest:g}")
 
 
 def _downscale(img: Image.Image, max_side: int) -> Image.Image:
@@ -185,13 +185,17 @@ def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, 
             raise _Refused("too_large", detail) from None
         original_size, original_format = im.size, im.format or "unknown"
         try:
-            ImageOps.exif_transpose(im, in_place=True)
+            orientation = int(im.getexif().get(0x0112) or 1)
         except Exception:  # broken EXIF: keep the pixels as they are
             log.debug("ignoring unreadable EXIF orientation", exc_info=True)
-        upright = im.size
+            orientation = 1
+        method = _ORIENTATIONS.get(orientation)
+        upright = im.size[::-1] if orientation in (5, 6, 7, 8) else im.size
         factor = max(1, max(upright) // (2 * limits.stored_max_side))
         try:
-            return _to_rgb(im, factor), upright, original_size, original_format
+            img = _to_rgb(im, factor)
+            # turned upright after the strips have shrunk it: no full-size copy of a deep or float image
+            return (img.transpose(method) if method is not None else img), upright, original_size, original_format
         except Exception as e:
             log.debug("cannot convert a %s image in mode %s: %r", original_format, im.mode, e)
             detail = f"the image's colours cannot be read (mode {im.mode})"
@@ -214,6 +218,11 @@ def _open(data: bytes, limits: IngestLimits) -> Image.Image:
     if width * height > limits.max_pixels:
         detail = _too_many_pixels(f"{width}×{height},", width * height, limits)
         raise _Refused("too_large", detail)
+    deep_limit = limits.max_pixels * 3 // 4  # 4 bytes a pixel: no more memory than an RGB image at the limit
+    if im.mode in ("F", "I") and width * height > deep_limit:
+        raise _Refused("too_large", f"the image is {width}×{height}, {width * height / 1e6:.1f} megapixels of "
+                                    f"32-bit greyscale; the limit for those is {deep_limit / 1e6:.1f} megapixels: "
+                                    "save it as an 8- or 16-bit image")
     try:
         im.seek(0)
         im.load()

@@ -53,11 +53,14 @@ def _exit_with_parent(parent_pid: int, every: float = 0.5) -> None:
         time.sleep(every)
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(parent_pid: Optional[int] = None) -> None:
     """For worker processes: exit within a second of the process that started this one dying, kill -9
-    included (the orphan is re-parented, and a thread notices). Not the kernel's PR_SET_PDEATHSIG: that
-    fires when the parent's *thread* that started us ends, and pools start workers from short-lived threads."""
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True).start()
+    included (the orphan is re-parented, and a thread notices). Pass the parent's pid when you can (pool
+    `initargs=(os.getpid(),)`): a parent that died before this runs is then noticed too. Not the kernel's
+    PR_SET_PDEATHSIG: that fires when the parent's *thread* that started us ends, and pools and the job
+    executor start workers from short-lived threads."""
+    parent = parent_pid if parent_pid is not None else os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
 
 
 def ignore_interrupts() -> None:
@@ -66,11 +69,11 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def worker_init() -> None:
+def worker_init(parent_pid: Optional[int] = None) -> None:
     """The initializer for every pool of worker processes (ingest, prediction): no Ctrl-C of their own,
-    and no life after their parent's."""
+    and no life after their parent's. Use `initializer=worker_init, initargs=(os.getpid(),)`."""
     ignore_interrupts()
-    exit_with_parent()
+    exit_with_parent(parent_pid)
 
 
 def _child(warm: Optional[Callable[[], Any]], jobs: Any, events: Any, parent_pid: int) -> None:

@@ -133,12 +133,13 @@ def fast_probabilities(learn, pils: list):
 _worker_predictor: Optional[Predictor] = None
 
 
-def warm_up_worker() -> None:
-    """Import torch and fastai now, so the first prediction does not pay for it."""
+def warm_up_worker(parent_pid: Optional[int] = None) -> None:
+    """A pool initializer: import torch and fastai now, so the first prediction does not pay for it; exit
+    with the parent (`initargs=(os.getpid(),)`)."""
     global _worker_predictor
     from .jobs import worker_init
 
-    worker_init()
+    worker_init(parent_pid)
     import fastai.vision.all  # noqa: F401  (the import is the warm-up)
 
     _worker_predictor = _worker_predictor or Predictor()

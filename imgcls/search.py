@@ -299,11 +299,14 @@ class Searcher:
             "gsrnamespace": "6", "gsrsearch": f"filetype:bitmap {query}", "gsroffset": str((page - 1) * size),
             "prop": "imageinfo", "iiprop": "url|size|mime|extmetadata", **params})
         if isinstance(data, dict) and "error" in data:
-            raise SearchUnavailable(f"wikimedia said {data['error'].get('code')}: {data['error'].get('info')}")
+            error = data["error"] if isinstance(data["error"], dict) else {}
+            raise SearchUnavailable(f"wikimedia refused the search ({_text(error.get('code')) or 'no error code'})")
         return data
 
     def _parse_wikimedia(self, data: Any, page: int) -> tuple[list[Candidate], bool]:
-        pages = ((data or {}).get("query") or {}).get("pages") or []
+        data = data if isinstance(data, dict) else {}
+        query = data.get("query") if isinstance(data.get("query"), dict) else {}
+        pages = query.get("pages") or []
         if isinstance(pages, dict):  # formatversion=1
             pages = list(pages.values())
         out = []
@@ -314,7 +317,7 @@ class Searcher:
                     _text(info.get("thumburl")) or _text(info.get("url"))):
                 continue
             extmetadata = info.get("extmetadata") if isinstance(info.get("extmetadata"), dict) else {}
-            meta = {k: strip_html(str(v.get("value", ""))) for k, v in extmetadata.items() if isinstance(v, dict)}
+            meta = {k: strip_html(_text(v.get("value"))) for k, v in extmetadata.items() if isinstance(v, dict)}
             title = meta.get("ObjectName") or re.sub(r"^File:|\.\w+$", "", _text(p.get("title")) or "") or None
             lic = clean_license(meta.get("LicenseShortName") or meta.get("UsageTerms"))
             out.append(Candidate(
@@ -327,7 +330,8 @@ class Searcher:
                 width=_int(info.get("thumbwidth")) or _int(info.get("width")),
                 height=_int(info.get("thumbheight")) or _int(info.get("height")),
                 id=_text(p.get("pageid"))))
-        return out, bool(pages) and "gsroffset" in ((data or {}).get("continue") or {})
+        more = data.get("continue")
+        return out, bool(pages) and isinstance(more, dict) and "gsroffset" in more
 
     # ------------------------------------------------------------ DuckDuckGo (opt-in, licence unknown)
 

@@ -56,15 +56,20 @@ BIDI_CONTROLS = frozenset("\u200e\u200f\u061c" + "".join(map(chr, range(0x202a, 
 
 
 def _invisible(text: str, i: int) -> bool:
-    """Whether text[i] draws nothing. A zero-width joiner between two emoji and a variation selector after
-    one are part of the emoji (👩‍🌾), so they are fine there and nowhere else."""
+    """Whether text[i] draws nothing. What is part of an emoji is fine: a zero-width joiner between two emoji
+    (👩‍🌾), a variation selector after an emoji or before a keycap (1️⃣), the tag letters of a flag (🏴 + tags),
+    and emoji newer than this Python's Unicode tables."""
     c = text[i]
     before, after = text[i - 1] if i else "", text[i + 1] if i + 1 < len(text) else ""
     if c == "\u200d" and _emoji(before) and _emoji(after):
         return False
-    if c == "\ufe0f" and _emoji(before):
+    if c in "\ufe0e\ufe0f" and (_emoji(before) or after == "\u20e3"):
+        return False
+    if 0xE0020 <= ord(c) <= 0xE007F and "\U0001f3f4" in text[:i]:
         return False
     kind = unicodedata.category(c)
+    if kind == "Cn" and 0x1F000 <= ord(c) <= 0x1FAFF:
+        return False
     return c in INVISIBLE or kind in ("Cc", "Cf", "Co", "Cn", "Zl", "Zp") or (kind == "Zs" and c != " ")
 
 

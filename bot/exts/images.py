@@ -109,7 +109,7 @@ class Images(commands.Cog):
         await self.bot.db(store.update_download, download_id, status="done", summary=report.summary())
         short = "" if report.complete else ("Some labels ran out of usable results; add photos with `/images add` "
                                             "or try other sources.")
-        errors = " ".join(report.errors)
+        errors = render.plain(" ".join(report.errors))  # they name labels
         await message.edit(content=render.download_progress(
             list(report.labels), done=True, note=" ".join(x for x in (
                 note, f"{report.added} new images in {report.seconds:.0f} s.", short, errors) if x)))

@@ -158,8 +158,12 @@ class Training(commands.Cog):
         future = self.bot.trainer.submit(train, p["spec"], timeout=self.bot.settings.train_timeout,
                                          progress=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         done = asyncio.wrap_future(future)
+        # the outcome is read from `future` (record_outcome); mark the wrapper's copy of it as read, so a failed,
+        # timed-out or cancelled job is never logged as "Future exception was never retrieved"
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         await self._edit(message, view.text())
         last = 0.0
+        getter: Optional[asyncio.Future] = None
         try:
             while not done.done():
                 getter = asyncio.ensure_future(events.get())
@@ -175,7 +179,9 @@ class Training(commands.Cog):
                     await self._edit(message, view.text())
         except asyncio.CancelledError:
             future.cancel()  # stops the worker process; the run stays 'running' and is announced after a restart
-            done.cancel()  # nobody will read the job's JobCancelled: asyncio must not log it as never retrieved
+            done.cancel()
+            if getter is not None:
+                getter.cancel()
             raise
         while not events.empty():
             view.update(events.get_nowait())
@@ -306,8 +312,8 @@ class Training(commands.Cog):
                 f"(sha256 `{row['model_sha256'][:16]}…`).", ephemeral=True)
             return
         # checked on the very bytes that would go out, before anything is posted (a refusal stays private)
-        data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
-        if hashlib.sha256(data).hexdigest() != row["model_sha256"]:
+        data, digest = await asyncio.get_running_loop().run_in_executor(None, _read_and_hash, path)
+        if digest != row["model_sha256"]:
             log.warning("run %s's model file no longer matches its recorded sha256", row["id"])
             raise ModelRefused(f"Run {row['id']}'s model file has changed since it was trained, so I won't share "
                                "it; retrain to make a new one.")
@@ -315,6 +321,11 @@ class Training(commands.Cog):
         await interaction.followup.send(
             f"Run {row['id']}'s model ({size / 1e6:.1f} MB; load it with fastai's `load_learner`; "
             f"sha256 `{row['model_sha256']}`).", file=discord.File(io.BytesIO(data), f"run{row['id']}-model.pkl"))
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 async def setup(bot) -> None:

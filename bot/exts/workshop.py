@@ -76,7 +76,8 @@ class Workshop(commands.Cog):
     @host_only()
     async def reset(self, interaction: discord.Interaction, confirm: str) -> None:
         ws = await workshop_here(interaction)
-        if confirm.strip().casefold() != ws["name"].casefold():
+        typed = confirm.replace(render.ZWSP, "").replace("ˋ", "`").strip()  # as shown by render.code, copied
+        if typed.casefold() != ws["name"].casefold():
             raise InvalidInput(f"To archive the workshop, type its name exactly: "
                                f"`/workshop reset confirm:{render.code(ws['name'])}`.")
         if self.bot.queue.jobs_for(ws["id"]):

@@ -342,3 +342,46 @@ def test_a_malformed_result_is_skipped_and_the_rest_of_the_page_kept():
 def test_the_config_never_shows_the_client_secret():
     cfg = SearchConfig(openverse_client_id="client-1", openverse_client_secret="secret-1")
     assert "secret-1" not in repr(cfg) and "client-1" in repr(cfg)
+
+
+def test_credentials_never_follow_a_redirect_to_another_host():
+    from aiohttp import web
+
+    from imgcls.download import DownloadConfig, FetchError, fetch_api
+
+    seen: list[dict] = []
+
+    async def main() -> None:
+        async def other(request):  # the host a redirect points to
+            seen.append({"method": request.method, "auth": request.headers.get("Authorization"),
+                         "body": await request.text()})
+            return web.json_response({"ok": True})
+
+        async def first(request):
+            return web.Response(status=int(request.query.get("status", "302")),
+                                headers={"Location": f"http://127.0.0.2:{ports['other']}/landing"})
+
+        ports, runners = {}, []
+        for name, host, handler in (("other", "127.0.0.2", other), ("first", "127.0.0.1", first)):
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, host, 0).start()
+            ports[name] = runner.addresses[0][1]
+            runners.append(runner)
+        config = DownloadConfig(allow=("127.0.0.1", "127.0.0.2"))
+        try:
+            async with aiohttp.ClientSession() as session:
+                base = f"http://127.0.0.1:{ports['first']}/token"
+                with pytest.raises(FetchError, match="redirected to another host"):
+                    await fetch_api(session, base + "?status=307", config, method="POST",
+                                    data={"client_secret": "S3CRET"}, headers={"Authorization": "Bearer T0KEN"})
+                status, _, _ = await fetch_api(session, base, config, headers={"Authorization": "Bearer T0KEN"})
+                assert status == 200
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    asyncio.run(main())
+    assert seen == [{"method": "GET", "auth": None, "body": ""}]  # the form never left; the token stayed behind

@@ -148,7 +148,8 @@ def test_labels_are_stored_and_compared_after_nfkc(store):
 
 
 def test_emoji_and_any_script_are_fine_as_labels(store):
-    labels = ["🌻", "🌻 sunflowers", "ひまわり", "Подсолнух", "👩‍🌾 farmer", "x" * 40]
+    labels = ["🌻", "🌻 sunflowers", "ひまわり", "Подсолнух", "👩‍🌾 farmer", "x" * 40, "1️⃣ one", "❤️ hearts",
+              "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f scotland"]
     wid = new_workshop(store, labels)
     assert store.labels(wid) == labels
     assert add(store, wid, "🌻", kind="circles").ok
