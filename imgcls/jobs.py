@@ -33,6 +33,22 @@ from .errors import ImgclsError, JobCancelled, JobTimedOut, TrainingFailed
 log = logging.getLogger(__name__)
 
 _CTX = mp.get_context("spawn")
+
+TIMED_OUT = "The job ran past its time limit and was stopped; try fewer epochs, fewer images or a smaller image size."
+CRASHED = "The training process{where} stopped unexpectedly (exit code {code}); it may have run out of memory. " \
+          "Try a smaller batch or image size."
+
+
+def safe_progress(progress: Optional[Callable[[Any], None]]) -> Callable[[Any], None]:
+    """The progress callback, made harmless: a broken progress display must not kill the job."""
+    def emit(event: Any) -> None:
+        if progress is None:
+            return
+        try:
+            progress(event)
+        except Exception:
+            log.exception("progress callback failed")
+    return emit
 _LIVE: set = set()  # worker processes still running
 
 
@@ -94,14 +110,18 @@ def _child(warm: Optional[Callable[[], Any]], jobs: Any, events: Any, parent_pid
     if job is None:
         return
     fn, arg = job
+    events.put(run_job(fn, arg, lambda event: events.put(("progress", event, None))))
+
+
+def run_job(fn: Callable[..., Any], arg: Any, progress: Callable[[Any], None], where: str = "") -> tuple:
+    """`fn(arg, progress)` as an outcome: ("result", value, None), or ("error", exception, traceback or None). Our
+    own errors pass as they are; anything else becomes TrainingFailed, with the traceback for the log."""
     try:
-        result = fn(arg, lambda event: events.put(("progress", event, None)))
+        return ("result", fn(arg, progress), None)
     except ImgclsError as exc:
-        events.put(("error", exc, None))
+        return ("error", exc, None)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
-        events.put(("error", TrainingFailed(f"The job crashed: {type(exc).__name__}: {exc}"), traceback.format_exc()))
-    else:
-        events.put(("result", result, None))
+        return ("error", TrainingFailed(f"The job crashed{where}: {type(exc).__name__}: {exc}"), traceback.format_exc())
 
 
 class _Worker:
@@ -146,6 +166,7 @@ class ProcessJobExecutor:
 
     def __init__(self, max_workers: int = 1, *, warm: Optional[Callable[[], Any]] = None, poll: float = 0.2) -> None:
         self._slots = threading.Semaphore(max_workers)
+        self._max_workers = max_workers
         self._poll = poll
         self._warm = warm
         self._spare: Optional[_Worker] = None
@@ -210,12 +231,12 @@ class ProcessJobExecutor:
 
     def _pump(self, future: JobFuture, worker: _Worker, progress: Optional[Callable[[Any], None]],
               deadline: Optional[float]) -> tuple:
+        emit = safe_progress(progress)
         while True:
             if future._stop.is_set():
                 return ("error", JobCancelled("The job was cancelled."), None)
             if deadline and time.monotonic() > deadline:
-                return ("error", JobTimedOut("The job ran past its time limit and was stopped; "
-                                             "try fewer epochs, fewer images or a smaller image size."), None)
+                return ("error", JobTimedOut(TIMED_OUT), None)
             try:
                 kind, value, trace = worker.events.get(timeout=self._poll)
             except queue.Empty:
@@ -224,17 +245,15 @@ class ProcessJobExecutor:
                 try:  # the last message may land just after the process exits
                     kind, value, trace = worker.events.get(timeout=1.0)
                 except queue.Empty:
-                    return ("error", TrainingFailed(
-                        f"The training process stopped unexpectedly (exit code {worker.proc.exitcode}); "
-                        "it may have run out of memory. Try a smaller batch or image size."), None)
+                    return ("error", TrainingFailed(CRASHED.format(where="", code=worker.proc.exitcode)), None)
             if kind == "progress":
-                if progress is not None:
-                    try:
-                        progress(value)
-                    except Exception:  # a broken progress display must not kill the job
-                        log.exception("progress callback failed")
+                emit(value)
                 continue
             return (kind, value, trace)
+
+    def describe(self) -> dict[str, Any]:
+        """Where jobs run, for people: on this host, so many at a time."""
+        return {"kind": "local", "slots": self._max_workers}
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more jobs; optionally cancel the waiting ones (and stop running ones), then wait."""

@@ -244,7 +244,7 @@ class TrainResult:
 class Progress:
     """An event streamed from a training job while it runs."""
 
-    kind: str  # "stage", "epoch_start", "batch", "epoch_end"
+    kind: str  # "stage", "notice" (news worth telling people: a lost worker), "epoch_start", "batch", "epoch_end"
     epoch: int = 0
     total_epochs: int = 0
     batch: int = 0
