@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/predict.py
 	$(PY) bench/download.py
 	$(PY) bench/cleaning.py
+	$(PY) bench/gpu_cluster.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -35,6 +35,20 @@ EXTENSIONS = ("bot.exts.errors", "bot.exts.workshop", "bot.exts.images", "bot.ex
               "bot.exts.cleaning", "bot.exts.classify")
 
 
+def make_trainer(settings: Settings) -> Any:
+    """The training executor the settings ask for: local worker processes, or a Dask cluster's GPU workers
+    (then this host starts no training worker and never imports torch for training)."""
+    if settings.executor == "dask":
+        from imgcls.dask_jobs import DaskJobExecutor
+
+        return DaskJobExecutor.from_settings(settings.dask_scheduler, tls_ca_file=settings.dask_tls_ca_file,
+                                             tls_cert=settings.dask_tls_cert, tls_key=settings.dask_tls_key)
+    from imgcls.jobs import ProcessJobExecutor
+    from imgcls.train import warm_up
+
+    return ProcessJobExecutor(settings.train_slots, warm=warm_up)
+
+
 def intents_for(settings: Settings) -> discord.Intents:
     """Guilds and reactions; members and message content only when the privileged setting is on."""
     intents = discord.Intents.none()
@@ -109,10 +123,7 @@ class WorkshopBot(commands.Bot):
             self._own.append(self.predict_pool)
             self.predict_pool.submit(int)  # start the worker (and its warm-up) now
         if self.trainer is None:
-            from imgcls.jobs import ProcessJobExecutor
-            from imgcls.train import warm_up
-
-            self.trainer = ProcessJobExecutor(self.settings.train_slots, warm=warm_up)
+            self.trainer = make_trainer(self.settings)
             self._own.append(self.trainer)
         self.session = self._session_factory() if self._session_factory else make_session(self.download_config)
         # What an earlier process left unfinished, taken before this one can start anything of its own.

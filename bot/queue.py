@@ -60,6 +60,12 @@ class TrainQueue:
 
     # ---------------------------------------------------------- changes
 
+    def set_slots(self, slots: int) -> None:
+        """How many jobs may run at once (a GPU cluster's workers come and go); waiting jobs start if they can."""
+        self.slots = max(1, slots)
+        if not self._closed:
+            self._pump()
+
     def check(self, guild_id: int, workshop_id: int) -> None:
         """ConflictError when a job for this workshop could not be queued now."""
         if self._closed:

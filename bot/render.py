@@ -203,6 +203,25 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
     return clip("\n".join(lines))
 
 
+def where_line(info: Mapping[str, Any]) -> str:
+    """Where training runs, from an executor's describe()."""
+    if info.get("kind") != "dask":
+        slots = info.get("slots", 1)
+        return f"Training runs on this host ({slots} at a time)."
+    head = f"Training runs on the GPU cluster at `{code(info.get('address', '?'))}`"
+    if info.get("slow"):
+        return f"{head}, which did not answer in time; runs wait until it does."
+    if info.get("error"):
+        return f"{head}, which is not reachable now; runs fail until it is back."
+    workers = info.get("workers") or []
+    if not workers:
+        return f"{head}: no worker is connected, so runs wait for a GPU worker."
+    parts = [f"{plain(w['name'])} ({w['gpus']} GPU{'s' if w['gpus'] != 1 else ''}, {'busy' if w['busy'] else 'idle'})"
+             for w in workers[:10]]
+    more = f" and {len(workers) - 10} more" if len(workers) > 10 else ""
+    return f"{head}: " + ", ".join(parts) + more + "."
+
+
 def suspects_line(run: Mapping[str, Any], n_suspects: int) -> str:
     """After a run: how many images its check found suspect."""
     scoring = run.get("scoring") or {}

@@ -32,6 +32,10 @@ class Settings:
     dev_guild_id: Optional[int] = None
     message_content_intent: bool = False
     executor: str = "process"
+    dask_scheduler: str = ""
+    dask_tls_ca_file: str = ""
+    dask_tls_cert: str = ""
+    dask_tls_key: str = ""
     train_slots: int = 1
     train_timeout: float = 3600.0
     max_images_per_label: int = 200
@@ -112,8 +116,15 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, env_file: Optiona
 def check(s: Settings) -> None:
     if s.default_arch not in ARCHS:
         raise SettingsError(f"DEFAULT_ARCH must be one of {', '.join(ARCHS)}.")
-    if s.executor != "process":
-        raise SettingsError("EXECUTOR must be 'process' (training in a local worker process).")
+    if s.executor not in ("process", "dask"):
+        raise SettingsError("EXECUTOR must be 'process' (training in a local worker process) or 'dask' (on the GPU "
+                            "workers of a Dask scheduler, DASK_SCHEDULER).")
+    if s.executor == "dask" and not s.dask_scheduler.strip():
+        raise SettingsError("EXECUTOR=dask needs DASK_SCHEDULER, the scheduler's address, e.g. tcp://gpu-box:8786.")
+    tls = [s.dask_tls_ca_file, s.dask_tls_cert, s.dask_tls_key]
+    if any(tls) and not all(tls):
+        raise SettingsError("For TLS to the Dask scheduler set all three of DASK_TLS_CA_FILE, DASK_TLS_CERT and "
+                            "DASK_TLS_KEY.")
     bad = [x for x in s.download_sources.split(",") if x.strip() and x.strip() not in SOURCES]
     if bad:
         raise SettingsError(f"DOWNLOAD_SOURCES has unknown sources {', '.join(bad)}; choose from {', '.join(SOURCES)}.")

@@ -124,7 +124,9 @@ def cmd_train(store: Store, args: argparse.Namespace) -> int:
     state = {"header": False}
 
     def progress(ev: Progress) -> None:
-        if ev.kind == "stage":
+        if ev.kind == "notice" or ev.message.startswith("waiting for a GPU worker"):
+            line.print(ev.message)  # news, not a passing stage: shown even when output is a file
+        elif ev.kind == "stage":
             line.update(ev.message + "…")
         elif ev.kind in ("epoch_start", "batch"):
             line.update(f"epoch {ev.epoch + 1}/{ev.total_epochs} {bar(ev.batch, ev.total_batches)}")
@@ -134,10 +136,24 @@ def cmd_train(store: Store, args: argparse.Namespace) -> int:
                 state["header"] = True
             line.print(epoch_row(vars(ev.metrics)))
 
-    executor = ProcessJobExecutor(max_workers=1)
-    print(f"Training {args.arch} on '{ws['name']}' ({sum(store.counts(ws['id']).values())} images)…")
-    run = train_workshop(store, ws["id"], params, executor, progress=progress, timeout=args.timeout,
-                         requested_by=args.who)
+    if args.executor == "dask":
+        from .dask_jobs import DaskJobExecutor
+
+        if not args.scheduler:
+            raise InvalidInput("--executor dask needs --scheduler tcp://HOST:PORT (or DASK_SCHEDULER).")
+        executor = DaskJobExecutor.from_settings(args.scheduler, tls_ca_file=os.environ.get("DASK_TLS_CA_FILE", ""),
+                                                 tls_cert=os.environ.get("DASK_TLS_CERT", ""),
+                                                 tls_key=os.environ.get("DASK_TLS_KEY", ""))
+        where = f" on the GPU cluster at {args.scheduler}"
+    else:
+        executor = ProcessJobExecutor(max_workers=1)
+        where = ""
+    print(f"Training {args.arch} on '{ws['name']}' ({sum(store.counts(ws['id']).values())} images){where}…")
+    try:
+        run = train_workshop(store, ws["id"], params, executor, progress=progress, timeout=args.timeout,
+                             requested_by=args.who)
+    finally:
+        executor.shutdown(wait=False)
     if run["status"] != "done":
         line.print(f"Run {run['id']} {run['status']}: {run['error']}")
         return 1
@@ -368,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--valid-pct", type=float, default=0.2)
     sp.add_argument("--seed", type=int, default=42)
     sp.add_argument("--timeout", type=float, default=3600, help="wall-clock limit in seconds")
+    sp.add_argument("--executor", default=os.environ.get("EXECUTOR", "process"), choices=("process", "dask"),
+                    help="where to train: a worker process here, or a Dask cluster's GPU workers (default: $EXECUTOR)")
+    sp.add_argument("--scheduler", default=os.environ.get("DASK_SCHEDULER", ""),
+                    help="the Dask scheduler, tcp://HOST:PORT, for --executor dask (default: $DASK_SCHEDULER)")
     sp.add_argument("--suspects", default="auto", choices=SUSPECT_METHODS,
                     help="how every image is checked after training (auto = embed: pretrained embeddings, k-fold logistic regression)")
     sp = add("results", cmd_results, "show a run's epochs, accuracy and confusions; write its plots")

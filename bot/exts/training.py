@@ -47,7 +47,7 @@ class RunView:
 
     def update(self, p: Progress) -> None:
         self.state = "training"
-        if p.kind == "stage":
+        if p.kind in ("stage", "notice"):
             self.stage = p.message
         elif p.kind == "epoch_start":
             self._t0 = self._t0 or time.monotonic()
@@ -76,6 +76,22 @@ class Training(commands.Cog):
         self.bot = bot
         bot.queue = TrainQueue(self._run_job, slots=bot.settings.train_slots,
                                cap_per_guild=bot.settings.max_queue_per_guild, on_position=self._moved)
+
+    async def _follow_slots(self) -> None:
+        """Training slots follow what the trainer says it can run at once (with a GPU cluster, one job per GPU of
+        the workers connected now). Looked at when a run is queued and when one ends: no timer, so a cluster
+        that is down costs nothing meanwhile."""
+        describe = getattr(self.bot.trainer, "describe", None)
+        if describe is None:
+            return
+        try:
+            info = await asyncio.wait_for(asyncio.to_thread(describe), 15.0)
+        except asyncio.TimeoutError:
+            return
+        slots = info.get("slots")
+        if slots and slots != self.bot.queue.slots:
+            log.info("the trainer runs %d job(s) at once; training slots follow", slots)
+            self.bot.queue.set_slots(slots)
 
     # ---------------------------------------------------------- commands
 
@@ -110,6 +126,7 @@ class Training(commands.Cog):
             raise InvalidInput(f"This bot allows at most {self.bot.settings.max_epochs} epochs.")
         queue = self.bot.queue
         queue.check(interaction.guild_id, ws["id"])  # before a run is created for nothing
+        self.bot.spawn(self._follow_slots(), name="follow-slots")  # in the background: the interaction first
         run_id, spec = await self.bot.db(prepare_run, self.bot.store, ws["id"], params,
                                          requested_by=str(interaction.user.id),
                                          parent_run_id=parent["id"] if parent else None,
@@ -171,9 +188,10 @@ class Training(commands.Cog):
                 if not getter.done():
                     getter.cancel()
                     continue
-                view.update(getter.result())
-                while not events.empty():
-                    view.update(events.get_nowait())
+                for event in [getter.result()] + [events.get_nowait() for _ in range(events.qsize())]:
+                    view.update(event)
+                    if event.kind == "notice":  # news for the channel, e.g. a GPU worker lost and a retry
+                        await self._say(p["channel"], f"Run {job.run_id}: {event.message}.")
                 if time.monotonic() - last >= self.bot.settings.progress_interval:
                     last = time.monotonic()
                     await self._edit(message, view.text())
@@ -187,6 +205,13 @@ class Training(commands.Cog):
             view.update(events.get_nowait())
         run = await self.bot.db(record_outcome, store, job.run_id, future)
         await self._finish(job, run, view, message)
+        self.bot.spawn(self._follow_slots(), name="follow-slots")
+
+    async def _say(self, channel: Any, text: str) -> None:
+        try:
+            await channel.send(text)
+        except discord.HTTPException as exc:
+            log.warning("could not post to the channel: %s", exc)
 
     async def _edit(self, message: Optional[discord.Message], text: str) -> None:
         if message is None:

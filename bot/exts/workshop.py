@@ -1,6 +1,7 @@
 """/workshop start|status|reset and /labels add|remove|list."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
@@ -62,7 +63,8 @@ class Workshop(commands.Cog):
             lines.append(f"Run {job.run_id}: " + ("training now." if job.position == 0 else
                                                    f"queued, position {job.position}."))
         lines.append(f"Queue on this server: {self.bot.queue.waiting_in(interaction.guild_id)} waiting, "
-                     f"{len(self.bot.queue.running)} training on {self.bot.settings.train_slots} slot(s).")
+                     f"{len(self.bot.queue.running)} training on {self.bot.queue.slots} slot(s).")
+        lines.append(render.where_line(await self._where()))
         if download:
             lines.append(f"A download of {download['per_label']} per label is running.")
         if runs:
@@ -70,6 +72,16 @@ class Workshop(commands.Cog):
                      if str(r.get("requested_by") or "").isdigit()}
             lines.append("Recent runs:\n" + render.runs_list(runs[-3:], names))
         await interaction.response.send_message(render.clip("\n".join(lines)))
+
+    async def _where(self) -> dict:
+        """The trainer's describe(), without holding up the reply when a GPU cluster is slow to answer."""
+        describe = getattr(self.bot.trainer, "describe", None)
+        if describe is None:
+            return {"kind": "local", "slots": self.bot.settings.train_slots}
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(describe), 2.0)
+        except asyncio.TimeoutError:
+            return {"kind": "dask", "address": getattr(self.bot.trainer, "address", "?"), "slow": True}
 
     @workshop.command(name="reset", description="Archive this channel's workshop (nothing is deleted)")
     @app_commands.describe(confirm="Type the workshop's name to confirm")

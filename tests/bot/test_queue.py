@@ -68,3 +68,25 @@ async def test_a_failing_runner_frees_its_slot():
             break
         await asyncio.sleep(0.01)
     assert ran == [1, 2] and not q.running
+
+
+async def test_slots_follow_a_cluster_that_grows_and_servers_still_take_turns():
+    started: list[int] = []
+    gate = asyncio.Event()
+
+    async def runner(job: Job) -> None:
+        started.append(job.run_id)
+        await gate.wait()
+
+    q = TrainQueue(runner, slots=1, cap_per_guild=3)
+    for run_id, guild in ((1, 10), (2, 10), (3, 20), (4, 10)):
+        q.submit(Job(run_id, guild_id=guild, workshop_id=run_id))
+    await asyncio.sleep(0)
+    assert started == [1]
+    q.set_slots(3)  # two more GPU workers joined: the next two in turn start now
+    await asyncio.sleep(0)
+    assert started == [1, 2, 3] and [j.run_id for j in q.order()] == [4]  # server 20 before 10 again
+    q.set_slots(0)  # never fewer than one slot
+    assert q.slots == 1
+    gate.set()
+    await q.close()

@@ -93,7 +93,19 @@ def search():
         yield servers
 
 
-async def test_a_whole_workshop_over_the_wire(tmp_path, search):
+@pytest.fixture(params=["process", "dask"])
+def executor(request, tmp_path):
+    """Settings for where training runs: a local worker process, or a real Dask cluster's GPU worker."""
+    if request.param == "process":
+        yield {"executor": "process"}
+        return
+    from tests.fakes.dask_cluster import dask_cluster
+
+    with dask_cluster(tmp_path / "cluster", workers=1) as cluster:
+        yield {"executor": "dask", "dask_scheduler": cluster.address}
+
+
+async def test_a_whole_workshop_over_the_wire(tmp_path, search, executor):
     metrics: dict = {}
     fake = FakeDiscord()
     guild = fake.add_guild("School")
@@ -105,7 +117,7 @@ async def test_a_whole_workshop_over_the_wire(tmp_path, search):
     settings = Settings(discord_token=fake.token, data_dir=str(tmp_path / "data"), default_arch="lite0",
                         default_size=64, default_epochs=1, progress_interval=0.5, reaction_pace=0.05,
                         openverse_url=search.search, download_sources="openverse", download_allow="127.0.0.1",
-                        clean_count=3, clean_thread_at=2, vote_quorum=2, train_timeout=LONG)
+                        clean_count=3, clean_thread_at=2, vote_quorum=2, train_timeout=LONG, **executor)
     bot = WorkshopBot(settings)
     lag = LagSampler()
     async with fake:
@@ -203,6 +215,9 @@ async def test_a_whole_workshop_over_the_wire(tmp_path, search):
                 ix, ack = await timed_ack(fake, alice, chan, "workshop status")
                 acks.append(ack)
                 assert "Model in use: run 2" in ix.callback["data"]["content"]
+                where = (": gpu\\-0 (1 GPU, idle)." if executor["executor"] == "dask"
+                         else "Training runs on this host (1 at a time).")
+                assert where in ix.callback["data"]["content"], ix.callback["data"]["content"]
 
                 metrics["ack_s"] = {"max": max(acks), "median": statistics.median(acks), "n": len(acks)}
                 metrics["paste_to_answer_s"] = {"first": latencies[0], "warm_median": statistics.median(latencies[1:])}
