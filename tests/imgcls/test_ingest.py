@@ -373,3 +373,42 @@ def test_importing_ingest_stays_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("damage", ["cut 50%", "cut 95%", "cut 99.5%", "garbage in the middle"])
+def test_a_large_jpeg_decoded_at_a_dct_scale_is_still_refused_when_damaged(tmp_path, progressive, damage):
+    """Big JPEGs decode at 1/2, 1/4 or 1/8 scale (Image.draft), which still reads the whole entropy-coded stream:
+    damage anywhere is found, as with a full decode."""
+    img = photo(2400, 1600)
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=90, progressive=progressive)
+    data = buffer.getvalue()
+    assert ingest(data, tmp_path / "whole").ok  # the undamaged file is fine, stored at 512 px from a 1/4 decode
+    if damage.startswith("cut"):
+        bad = data[: int(len(data) * float(damage.split()[1].rstrip("%")) / 100)]
+    else:
+        middle = len(data) // 2
+        bad = data[:middle] + bytes(range(256)) * 8 + data[middle + 2048:]
+    outcome = ingest(bad, tmp_path / "bad")
+    assert outcome.reason == "corrupt", outcome
+    assert outcome.detail == "the JPEG file is truncated or damaged"
+
+
+def test_a_jpeg_decoded_at_a_dct_scale_is_stored_as_a_full_decode_would_be(tmp_path):
+    img = photo(2400, 1600)
+    data = encode(img, "JPEG", quality=90)
+    outcome = ingest(data, tmp_path)
+    assert (outcome.width, outcome.height) == (512, 341)
+    assert (outcome.original_width, outcome.original_height) == (2400, 1600)
+    full = Image.open(io.BytesIO(data))
+    full.load()
+    reference = full.resize((512, 341), Image.Resampling.LANCZOS)  # a full decode, then a plain Lanczos
+
+    def psnr(a: Image.Image) -> float:
+        x, y = np.asarray(a.convert("RGB"), dtype=np.float64), np.asarray(reference, dtype=np.float64)
+        return 10 * np.log10(255 ** 2 / np.mean((x - y) ** 2))
+    before = Image.open(io.BytesIO(encode(full.resize((512, 341), Image.Resampling.LANCZOS, reducing_gap=1.0),
+                                          "JPEG", quality=90)))  # how ingest stored it before DCT scaling
+    ours = Image.open(tmp_path / outcome.path)
+    assert psnr(ours) > psnr(before) - 1.0, (psnr(ours), psnr(before))
