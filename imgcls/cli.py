@@ -235,7 +235,8 @@ def cmd_predict(store: Store, args: argparse.Namespace) -> int:
         data = Path(args.image).read_bytes()
     except OSError as exc:
         raise InvalidInput(f"Cannot read {args.image}: {exc.strerror}.") from exc
-    pred = Predictor().predict(run["model_path"], run["model_sha256"], data, k=args.k, run_id=run["id"])
+    pred = Predictor().predict(run["model_path"], run["model_sha256"], data, k=args.k, run_id=run["id"],
+                               onnx_path=run.get("onnx_path"), onnx_sha256=run.get("onnx_sha256"))
     print(f"{pred.label} ({pred.probability:.1%}) — run {run['id']}")
     for label, p in pred.top:
         print(f"  {label:<24} {p:6.1%}")

@@ -304,6 +304,10 @@ def receive(reply: dict[str, Any], spec: TrainSpec) -> TrainResult:
     model = files.get(model_name)
     if model is None or hashlib.sha256(model).hexdigest() != result.model_sha256:  # checked before anything is written
         raise TrainingFailed("The model that came back from the GPU worker does not match its checksum; train again.")
+    onnx_name = Path(result.onnx_path).name if result.onnx_path else ""
+    if onnx_name and hashlib.sha256(files.get(onnx_name, b"")).hexdigest() != result.onnx_sha256:
+        raise TrainingFailed("The ONNX model that came back from the GPU worker does not match its checksum; train "
+                             "again.")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         tmp = out_dir / f".{name}.tmp"
@@ -311,7 +315,7 @@ def receive(reply: dict[str, Any], spec: TrainSpec) -> TrainResult:
         tmp.replace(out_dir / name)
     model = out_dir / model_name
     paths = {item.image_id: item.path for item in spec.items}
-    return replace(result, model_path=str(model),
+    return replace(result, model_path=str(model), onnx_path=str(out_dir / onnx_name) if onnx_name else "",
                    artefacts=tuple((name, str(out_dir / Path(p).name)) for name, p in result.artefacts),
                    top_losses=tuple(replace(t, path=paths.get(t.image_id, t.path)) for t in result.top_losses))
 

@@ -1,10 +1,13 @@
 """Classify image bytes with a model this project exported.
 
-The exported file is a pickle, so it is loaded only after its sha256 matches the one the
+Runs record two files of the same model: the fastai pickle (`model.pkl`, what /export hands
+out) and an ONNX copy (`model.onnx`). Each is loaded only after its sha256 matches the one the
 runs table recorded when the model was trained. Loaded models stay cached per path.
 
-The fast path runs the learner's own validation transforms and its model directly,
-skipping Learner.predict's callback machinery; tests check both give the same answer.
+With the ONNX copy, prediction needs only Pillow, numpy and ONNX Runtime: no torch, no fastai
+(imgcls.onnx_model). Without it (runs from before it existed, or a failed export) the
+pickle is loaded with fastai, and its validation transforms and model run directly, skipping
+Learner.predict's callback machinery. Tests check both give Learner.predict's answer.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import threading
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+import numpy as np
 
 from .errors import InvalidInput, ModelRefused
 from .types import Prediction
@@ -49,24 +54,53 @@ class Predictor:
             self._models[key] = (expected_sha256, learn)
             return learn
 
+    def load_onnx(self, onnx_path: str, expected_sha256: str):
+        """The cached OnnxModel for this file, loading it if the sha256 matches."""
+        from .onnx_model import OnnxModel
+
+        key = "onnx:" + str(Path(onnx_path).resolve())
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None and cached[0] == expected_sha256:
+                return cached[1]
+            try:
+                model = OnnxModel(read_verified(onnx_path, expected_sha256))
+            except ModelRefused:
+                raise
+            except Exception as exc:  # a file from an incompatible version
+                log.exception("ONNX model %s could not be loaded", onnx_path)
+                raise ModelRefused(f"The model could not be loaded ({type(exc).__name__}); retrain to make a new "
+                                   "one.") from exc
+            self._models[key] = (expected_sha256, model)
+            return model
+
     def predict(self, model_path: str, expected_sha256: str, data: bytes, *, k: int = 3,
-                run_id: Optional[int] = None) -> Prediction:
-        return self.predict_many(model_path, expected_sha256, [data], k=k, run_id=run_id)[0]
+                run_id: Optional[int] = None, onnx_path: Optional[str] = None,
+                onnx_sha256: Optional[str] = None) -> Prediction:
+        return self.predict_many(model_path, expected_sha256, [data], k=k, run_id=run_id, onnx_path=onnx_path,
+                                 onnx_sha256=onnx_sha256)[0]
 
     def predict_many(self, model_path: str, expected_sha256: str, images: Sequence[bytes], *, k: int = 3,
-                     run_id: Optional[int] = None) -> list[Prediction]:
-        import torch
-
+                     run_id: Optional[int] = None, onnx_path: Optional[str] = None,
+                     onnx_sha256: Optional[str] = None) -> list[Prediction]:
+        """The top k labels of each image. With the run's ONNX copy (and its sha256) it is used, needing no torch;
+        a run without one, or whose ONNX file is gone, uses the fastai pickle."""
         if k < 1:
             raise InvalidInput("Ask for at least one label (k >= 1).")
-        learn = self.load(model_path, expected_sha256)
-        pils = [decode_image(data) for data in images]
-        probs = fast_probabilities(learn, pils)
-        labels = [str(v) for v in learn.dls.vocab]
+        if onnx_path and onnx_sha256 and Path(onnx_path).is_file():
+            from .ingest import decode_rgb
+
+            model = self.load_onnx(onnx_path, onnx_sha256)
+            probs = model.probabilities([decode_rgb(data) for data in images])
+            labels = model.vocab
+        else:
+            learn = self.load(model_path, expected_sha256)
+            probs = fast_probabilities(learn, [decode_image(data) for data in images]).float().numpy()
+            labels = [str(v) for v in learn.dls.vocab]
         out = []
         for row in probs:
-            values, idx = torch.topk(row, min(k, len(labels)))
-            top = tuple((labels[int(i)], float(v)) for v, i in zip(values, idx))
+            idx = np.argsort(-row, kind="stable")[:min(k, len(labels))]
+            top = tuple((labels[int(i)], float(row[i])) for i in idx)
             out.append(Prediction(label=top[0][0], probability=top[0][1], top=top, run_id=run_id))
         return out
 
@@ -85,6 +119,24 @@ def load_verified(model_path: str, expected_sha256: str):
     after the check is never loaded. Models are loaded on the CPU: that keeps GPU memory for
     training and works whatever device the model was trained on.
     """
+    data = read_verified(model_path, expected_sha256)
+    import torch
+    from fastai.learner import load_learner
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*insecure pickle.*")  # the sha256 check above is our guard
+            learn = load_learner(io.BytesIO(data), cpu=True)
+    except Exception as exc:  # a model from an incompatible version of the libraries
+        log.exception("model %s could not be loaded", model_path)
+        raise ModelRefused(f"The model could not be loaded ({type(exc).__name__}); retrain to make a new one.") from exc
+    learn.model.eval()
+    learn.model.to(memory_format=torch.channels_last)  # faster convolutions, same results
+    return learn
+
+
+def read_verified(model_path: str, expected_sha256: str) -> bytes:
+    """The file's bytes, read once, if their sha256 is the recorded one; ModelRefused otherwise."""
     path = Path(model_path)
     if not expected_sha256:
         raise ModelRefused("This run has no recorded model checksum, so its model will not be loaded.")
@@ -96,19 +148,7 @@ def load_verified(model_path: str, expected_sha256: str):
     if actual != expected_sha256:
         log.warning("model %s sha256 %s does not match the recorded %s", path, actual, expected_sha256)
         raise ModelRefused("The model file has changed since it was trained, so it will not be loaded; retrain.")
-    import torch
-    from fastai.learner import load_learner
-
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*insecure pickle.*")  # the sha256 check above is our guard
-            learn = load_learner(io.BytesIO(data), cpu=True)
-    except Exception as exc:  # a model from an incompatible version of the libraries
-        log.exception("model %s could not be loaded", path)
-        raise ModelRefused(f"The model could not be loaded ({type(exc).__name__}); retrain to make a new one.") from exc
-    learn.model.eval()
-    learn.model.to(memory_format=torch.channels_last)  # faster convolutions, same results
-    return learn
+    return data
 
 
 def fast_probabilities(learn, pils: list):
@@ -134,20 +174,24 @@ _worker_predictor: Optional[Predictor] = None
 
 
 def warm_up_worker(parent_pid: Optional[int] = None) -> None:
-    """A pool initializer: import torch and fastai now, so the first prediction does not pay for it; exit
-    with the parent (`initargs=(os.getpid(),)`)."""
+    """A pool initializer: import ONNX Runtime now (not torch or fastai: a run's ONNX copy needs neither), so
+    the first prediction does not pay for it; exit with the parent (`initargs=(os.getpid(),)`)."""
     global _worker_predictor
     from .jobs import worker_init
 
     worker_init(parent_pid)
-    import fastai.vision.all  # noqa: F401  (the import is the warm-up)
+    import onnxruntime  # noqa: F401  (the import is the warm-up)
+
+    from . import ingest, onnx_model  # noqa: F401
 
     _worker_predictor = _worker_predictor or Predictor()
 
 
 def predict_in_worker(model_path: str, expected_sha256: str, images: Sequence[bytes], k: int = 3,
-                      run_id: Optional[int] = None) -> list[Prediction]:
+                      run_id: Optional[int] = None, onnx_path: Optional[str] = None,
+                      onnx_sha256: Optional[str] = None) -> list[Prediction]:
     """Predictor.predict_many with this process's cached models."""
     global _worker_predictor
     _worker_predictor = _worker_predictor or Predictor()
-    return _worker_predictor.predict_many(model_path, expected_sha256, images, k=k, run_id=run_id)
+    return _worker_predictor.predict_many(model_path, expected_sha256, images, k=k, run_id=run_id,
+                                          onnx_path=onnx_path, onnx_sha256=onnx_sha256)

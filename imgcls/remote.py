@@ -226,6 +226,8 @@ def _wanted(worker, key: Optional[str]) -> bool:
 def _outputs(result: TrainResult, out_dir: Path) -> dict[str, bytes]:
     """The files a run leaves in its folder (the model and the plots), by name."""
     names = {Path(result.model_path).name, *(Path(p).name for _, p in result.artefacts)}
+    if result.onnx_path:
+        names.add(Path(result.onnx_path).name)
     return {name: (out_dir / name).read_bytes() for name in names if (out_dir / name).is_file()}
 
 

@@ -229,6 +229,8 @@ class Store:
         self._ensure_columns("runs", {"owner": str, "channel_id": int, "message_id": int})
         # Added with whole-dataset suspects and the fair before/after.
         self._ensure_columns("runs", {"parent_predictions": str, "scoring": str})
+        # Added with ONNX prediction: the same model, for ONNX Runtime.
+        self._ensure_columns("runs", {"onnx_path": str, "onnx_sha256": str})
         db["downloads"].create(
             {"id": int, "workshop_id": int, "status": str, "per_label": int, "sources": str, "requested_by": str,
              "owner": str, "channel_id": int, "message_id": int, "created_at": str, "finished_at": str,
@@ -641,6 +643,7 @@ class Store:
                          "error": result.scoring_error or None},
                 snapshot={**(self.run(run_id)["snapshot"] or {}), "split": plain["split"]},
                 model_path=result.model_path, model_sha256=result.model_sha256, artefacts=dict(result.artefacts),
+                onnx_path=result.onnx_path or None, onnx_sha256=result.onnx_sha256 or None,
             )
 
     def record_snapshot(self, run_id: int, items: Iterable[tuple[int, str]]) -> None:

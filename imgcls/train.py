@@ -267,6 +267,14 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     learn.model.cpu()
     model_path = out_dir / "model.pkl"
     learn.export(model_path)
+    onnx_path = ""
+    emit(Progress("stage", message="exporting the model for light prediction (ONNX)"))
+    try:
+        from .onnx_model import export_onnx
+
+        onnx_path = str(export_onnx(learn, out_dir / "model.onnx"))
+    except Exception:  # noqa: BLE001 - predictions then use the .pkl, as before
+        log.exception("run %s: the ONNX export failed; predictions will load the fastai model", spec.run_id)
 
     credits = dict(spec.credits)
     artefacts = [
@@ -331,6 +339,7 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
         scores=scores, scoring_method=method, scoring_seconds=scoring_seconds, train_seconds=train_seconds,
         scoring_error=scoring_error,
         parent_predictions=parent_predictions,
+        onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path) if onnx_path else "",
     )
 
 

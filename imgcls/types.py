@@ -238,6 +238,8 @@ class TrainResult:
     train_seconds: float = 0.0  # the fine_tune itself
     scoring_error: str = ""  # why the check found nothing, when it failed (the model is fine)
     parent_predictions: tuple[tuple[int, str, float], ...] = ()  # the compared run's model on our valid images
+    onnx_path: str = ""  # the same model as ONNX, for light prediction ("" when the export failed)
+    onnx_sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class Classify(commands.Cog):
             try:
                 [pred] = await asyncio.get_running_loop().run_in_executor(
                     self.bot.predict_pool, predict_in_worker, run["model_path"], run["model_sha256"], [data], 3,
-                    run["id"])
+                    run["id"], run.get("onnx_path"), run.get("onnx_sha256"))
             except InvalidInput as exc:
                 lines.append(f"`{render.code(att.filename)}`: {render.plain(exc)}")
                 continue
