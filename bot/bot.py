@@ -46,7 +46,7 @@ def make_trainer(settings: Settings) -> Any:
     from imgcls.jobs import ProcessJobExecutor
     from imgcls.train import warm_up
 
-    return ProcessJobExecutor(settings.train_slots, warm=warm_up)
+    return ProcessJobExecutor(settings.train_slots, warm=warm_up, keep_warm=settings.train_keep_warm)
 
 
 def intents_for(settings: Settings) -> discord.Intents:

@@ -37,6 +37,7 @@ class Settings:
     dask_tls_cert: str = ""
     dask_tls_key: str = ""
     train_slots: int = 1
+    train_keep_warm: float = 300.0  # seconds a warm training process waits after a run; 0: none is kept
     train_timeout: float = 3600.0
     max_images_per_label: int = 200
     max_labels: int = 20
@@ -136,6 +137,8 @@ def check(s: Settings) -> None:
         raise SettingsError(f"SUSPECT_METHOD must be one of {', '.join(SUSPECT_METHODS)}.")
     if s.clean_thread_at < 0:
         raise SettingsError("CLEAN_THREAD_AT must be 0 or more.")
+    if s.train_keep_warm < 0:
+        raise SettingsError("TRAIN_KEEP_WARM must be 0 (keep no warm training process) or more seconds.")
     if not 64 <= s.default_size <= 512:
         raise SettingsError("DEFAULT_SIZE must be between 64 and 512 pixels.")
     if not 0 <= s.confidence_threshold <= 1:

@@ -13,6 +13,9 @@ plain data crosses the boundary. A remote GPU executor can offer the same `submi
 With `warm`, the executor keeps one spare process that has already run `warm()` (say,
 imported fastai) waiting for the next job, so a job starts without paying for imports.
 The spare is started at construction and again after each job, never while one runs.
+With `keep_warm=SECONDS` it is lighter on an idle host: no spare at construction, one when
+`warm_soon()` is called (a run was queued) and after each job, stopped once no job has run
+for that long; `keep_warm=0` never keeps one.
 """
 from __future__ import annotations
 
@@ -164,8 +167,12 @@ class JobFuture(Future):
 class ProcessJobExecutor:
     """A concurrent.futures-style executor: `max_workers` slots, a fresh spawned process per job."""
 
-    def __init__(self, max_workers: int = 1, *, warm: Optional[Callable[[], Any]] = None, poll: float = 0.2) -> None:
+    def __init__(self, max_workers: int = 1, *, warm: Optional[Callable[[], Any]] = None, poll: float = 0.2,
+                 keep_warm: Optional[float] = None) -> None:
         self._slots = threading.Semaphore(max_workers)
+        self._keep_warm = keep_warm
+        self._last_job = time.monotonic()
+        self._running = 0
         self._max_workers = max_workers
         self._poll = poll
         self._warm = warm
@@ -173,7 +180,32 @@ class ProcessJobExecutor:
         self._lock = threading.Lock()
         self._threads: list[tuple[threading.Thread, JobFuture]] = []
         self._shutdown = False
-        self._refill_spare()
+        if keep_warm is None:
+            self._refill_spare()
+
+    def warm_soon(self) -> None:
+        """A run is on its way: have a spare ready (unless keep_warm is 0)."""
+        if self._keep_warm != 0:
+            self._refill_spare()
+            self._cool_later()
+
+    def _cool_later(self) -> None:
+        if not self._keep_warm:
+            return
+        timer = threading.Timer(self._keep_warm + 0.5, self._cool)
+        timer.daemon = True
+        timer.start()
+
+    def _cool(self) -> None:
+        """Stop the spare once no job has run or been announced for keep_warm seconds."""
+        with self._lock:
+            idle = time.monotonic() - self._last_job >= (self._keep_warm or 0)
+            if not idle or self._running:
+                return
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            log.info("no training for %.0f s: stopping the warm training process", self._keep_warm)
+            spare.stop()
 
     def submit(self, fn: Callable[..., Any], arg: Any, *, progress: Optional[Callable[[Any], None]] = None,
                timeout: Optional[float] = None) -> JobFuture:
@@ -189,9 +221,10 @@ class ProcessJobExecutor:
         return future
 
     def _refill_spare(self) -> None:
-        if self._warm is None:
+        if self._warm is None or self._keep_warm == 0:
             return
         with self._lock:
+            self._last_job = time.monotonic()
             if self._shutdown or (self._spare is not None and self._spare.proc.is_alive()):
                 return
             self._spare = _Worker(self._warm)
@@ -210,6 +243,8 @@ class ProcessJobExecutor:
         with self._slots:
             if not future.set_running_or_notify_cancel():
                 return
+            with self._lock:
+                self._running += 1
             worker = self._take_worker()
             worker.jobs.put((fn, arg))
             deadline = time.monotonic() + timeout if timeout else None
@@ -220,7 +255,10 @@ class ProcessJobExecutor:
                 outcome = ("error", TrainingFailed(f"The job could not be followed: {exc}"), None)
             finally:
                 worker.stop()
+                with self._lock:
+                    self._running -= 1
             self._refill_spare()
+            self._cool_later()
             kind, value, trace = outcome
             if kind == "result":
                 future.set_result(value)
@@ -252,8 +290,10 @@ class ProcessJobExecutor:
             return (kind, value, trace)
 
     def describe(self) -> dict[str, Any]:
-        """Where jobs run, for people: on this host, so many at a time."""
-        return {"kind": "local", "slots": self._max_workers}
+        """Where jobs run, for people: on this host, so many at a time, and whether a process is warm."""
+        with self._lock:
+            warm = self._spare is not None and self._spare.proc.is_alive()
+        return {"kind": "local", "slots": self._max_workers, "warm": warm}
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more jobs; optionally cancel the waiting ones (and stop running ones), then wait."""

@@ -127,6 +127,9 @@ class Training(commands.Cog):
         queue = self.bot.queue
         queue.check(interaction.guild_id, ws["id"])  # before a run is created for nothing
         self.bot.spawn(self._follow_slots(), name="follow-slots")  # in the background: the interaction first
+        warm_soon = getattr(self.bot.trainer, "warm_soon", None)
+        if warm_soon is not None:  # a local trainer starts its warm process now, while the run is prepared
+            self.bot.spawn(asyncio.to_thread(warm_soon), name="warm-trainer")
         run_id, spec = await self.bot.db(prepare_run, self.bot.store, ws["id"], params,
                                          requested_by=str(interaction.user.id),
                                          parent_run_id=parent["id"] if parent else None,

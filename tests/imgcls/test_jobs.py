@@ -123,3 +123,32 @@ def test_a_warm_spare_process_runs_each_job_and_is_replaced_after_it():
     assert first[0] == first[1] and second[0] == second[1]  # warmed in the process that ran the job
     assert first[1] != second[1]  # still one job per process
     assert executor._spare is None
+
+
+def test_with_keep_warm_the_spare_starts_when_asked_and_stops_when_idle():
+    executor = ProcessJobExecutor(1, warm=_warm_marker, keep_warm=2.0)
+    try:
+        assert not executor.describe()["warm"]  # nothing at construction: an idle host stays light
+        executor.warm_soon()
+        assert executor.describe()["warm"]
+        assert executor.submit(_double, 21).result(60) == 42
+        assert executor.describe()["warm"]  # refilled after the job
+        deadline = time.monotonic() + 15
+        while executor.describe()["warm"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not executor.describe()["warm"]  # stopped after keep_warm seconds without a run
+    finally:
+        executor.shutdown()
+    never = ProcessJobExecutor(1, warm=_warm_marker, keep_warm=0)
+    never.warm_soon()
+    assert never.submit(_double, 2).result(60) == 4
+    assert not never.describe()["warm"]
+    never.shutdown()
+
+
+def _warm_marker() -> None:
+    pass
+
+
+def _double(x, progress):
+    return 2 * x
