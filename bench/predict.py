@@ -18,6 +18,8 @@ busy machine slows them all alike):
       (what people paste, decode and resize included).
   learn.predict: fastai's `Learner.predict(PILImage)` on the SxS image, already decoded,
       for reference.
+  Predictor.predict with ONNX: the bot's path (the run's ONNX copy in ONNX Runtime, no torch),
+      on both JPEGs; the photo is decoded at a DCT scale (Image.draft), as ingest does.
 """
 from __future__ import annotations
 
@@ -130,10 +132,13 @@ def main() -> None:
         finally:
             store.close()
         model_path, sha = run["model_path"], run["model_sha256"]
+        onnx_path, onnx_sha = run.get("onnx_path"), run.get("onnx_sha256")
+        assert onnx_path, "this run has no ONNX copy: train a new one (no --model-dir)"
         size = int(run["params"]["size"])
 
         import torch
 
+        from imgcls.ingest import decode_rgb
         from imgcls.predict import Predictor, decode_image, load_verified
 
         rng = np.random.default_rng([args.seed, 99])
@@ -161,6 +166,11 @@ def main() -> None:
                 lambda: predictor.predict(model_path, sha, photo_bytes),
             f"learn.predict (fastai, {size}x{size} PILImage already decoded)": lambda: learn.predict(small_pil),
             "decode_image alone (the photo JPEG; part of Predictor.predict)": lambda: decode_image(photo_bytes),
+            f"Predictor.predict with ONNX, the bot's path ({size}x{size} JPEG)":
+                lambda: predictor.predict(model_path, sha, small_bytes, onnx_path=onnx_path, onnx_sha256=onnx_sha),
+            f"Predictor.predict with ONNX, the bot's path ({photo.width}x{photo.height} photo JPEG)":
+                lambda: predictor.predict(model_path, sha, photo_bytes, onnx_path=onnx_path, onnx_sha256=onnx_sha),
+            "decode_rgb alone (the photo JPEG, DCT-scaled; part of the ONNX path)": lambda: decode_rgb(photo_bytes),
         }
         with learn.no_bar():
             times = measure(cases, args.calls, args.warmup)

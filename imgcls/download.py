@@ -53,11 +53,14 @@ def _label_as_query(label: str) -> str:
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    concurrency: int = 16  # requests in flight, all labels together
-    per_host: int = 4
+    concurrency: int = 32  # requests in flight, all labels together
+    per_host: int = 16  # most search results sit on a few hosts (upload.wikimedia.org above all): a workshop's
+    # one-off few hundred images from them, 16 at a time, is a modest load; 4 made a download host-bound
     connect_timeout: float = 5.0
-    read_timeout: float = 15.0  # the longest wait for the next bytes
-    total_timeout: float = 60.0  # the longest one request may take (slow-drip servers)
+    read_timeout: float = 10.0  # the longest wait for the next bytes
+    total_timeout: float = 60.0  # the longest one request may take
+    min_rate: int = 32 * 1024  # bytes/s: a body arriving slower than this after `slow_after` s is given up
+    slow_after: float = 5.0
     max_bytes: int = IngestLimits().max_bytes
     max_redirects: int = 3
     retries: int = 3  # extra tries after a 429 or 5xx
@@ -286,7 +289,7 @@ async def _request(session: aiohttp.ClientSession, url: str, config: DownloadCon
                 if resp.content_length is not None and resp.content_length > config.max_bytes:
                     raise FetchError("too_large", f"the file is {mb(resp.content_length)}; the limit is "
                                                   f"{mb(config.max_bytes)}")
-                return await _read_capped(resp, config.max_bytes)
+                return await _read_capped(resp, config.max_bytes, config.min_rate, config.slow_after)
     except FetchError:
         raise
     except _CONNECT_TIMEOUT:
@@ -352,12 +355,18 @@ async def fetch_api(session: aiohttp.ClientSession, url: str, config: DownloadCo
     raise FetchError("http_status", f"more than {config.max_redirects} redirects")
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, min_rate: int = 0, slow_after: float = 5.0) -> bytes:
+    """The body, up to `cap` bytes; a server dripping it slower than `min_rate` bytes/s (after `slow_after` s) is
+    given up on, instead of holding a slot until the total timeout."""
     body = bytearray()
+    started = time.monotonic()
     async for chunk in resp.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > cap:
             raise FetchError("too_large", f"the file is larger than {mb(cap)}, the limit; stopped reading there")
+        elapsed = time.monotonic() - started
+        if min_rate and elapsed > slow_after and len(body) < min_rate * elapsed:
+            raise FetchError("timeout", f"the server sent only {mb(len(body))} in {elapsed:.0f} s; too slow")
     return bytes(body)
 
 

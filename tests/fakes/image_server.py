@@ -19,6 +19,7 @@ Endpoints (`{name}` is any file name; each name gives its own deterministic imag
   /huge/{name}           a JPEG header then zeros, `huge_bytes` in all, streamed (?declare=1 sends Content-Length)
   /broken/{name}         Content-Length of the whole image, half of it sent, then the connection closed
   /truncated/{name}      the first 60% of the image, with a matching Content-Length
+  /drip/{name}           the image at ?rate= bytes a second (default 2048), never pausing long enough to time out
 """
 from __future__ import annotations
 
@@ -172,6 +173,18 @@ def make_app(*, latency: float = 0.0, size: int = 256, quality: int = 85, slow: 
         request.transport.close()
         return resp
 
+    async def drip(request: web.Request) -> web.StreamResponse:
+        data = image_bytes(request.match_info["name"], size, quality)
+        rate = int(request.query.get("rate", "2048"))  # bytes a second, in 10 pieces
+        resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        step = max(1, rate // 10)
+        for i in range(0, len(data), step):
+            await resp.write(data[i:i + step])
+            await asyncio.sleep(0.1)
+        return resp
+
     async def truncated(request: web.Request) -> web.Response:
         data = image_bytes(request.match_info["name"], size, quality)
         return jpeg(request, data[: len(data) * 6 // 10])
@@ -185,6 +198,7 @@ def make_app(*, latency: float = 0.0, size: int = 256, quality: int = 85, slow: 
         web.get("/redirect", redirect), web.get("/redirect/{n}/{name}", redirect_hops),
         web.get("/html-as-jpeg/{name}", html_as_jpeg), web.get("/html/{name}", html),
         web.get("/huge/{name}", huge), web.get("/broken/{name}", broken), web.get("/truncated/{name}", truncated),
+        web.get("/drip/{name}", drip),
     ])
     return app
 

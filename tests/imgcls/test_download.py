@@ -391,3 +391,22 @@ def test_one_image_that_cannot_be_processed_does_not_stop_the_download(store, db
     assert store.counts(ws["id"]) == {"robin": 4} and report.complete
     assert report.reasons == {"corrupt": 1}
     assert "could not be processed" in store._rows("SELECT detail FROM rejects")[0]["detail"]
+
+
+def test_a_server_dripping_the_body_is_given_up_on_long_before_the_total_timeout():
+    from imgcls.download import FetchError, fetch
+
+    async def go():
+        config = DownloadConfig(**{**vars(CONFIG), "read_timeout": 2.0, "total_timeout": 60.0, "slow_after": 1.0,
+                                   "min_rate": 32 * 1024})
+        async with serve(make_app(size=256)) as base, make_session(config) as session:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(FetchError) as refused:
+                await fetch(session, f"{base}/drip/d.jpg?rate=4096", config)
+            seconds = asyncio.get_running_loop().time() - started
+            fast = await fetch(session, f"{base}/drip/e.jpg?rate=4000000", config)  # a fast one is fine
+            return refused.value, seconds, fast
+    refusal, seconds, fast = asyncio.run(go())
+    assert refusal.reason == "timeout" and "too slow" in refusal.detail
+    assert seconds < 3.0
+    assert fast[:3] == b"\xff\xd8\xff"
