@@ -438,9 +438,11 @@ def run_web(args: argparse.Namespace) -> None:
           f"the biggest with {sorted(per_host)[-3:][::-1]} images; hosts that hang {odd['hang']} "
           f"({odd_urls['hang']} URLs), fail {odd['error']} ({odd_urls['error']} URLs), drip {odd['drip']} "
           f"({odd_urls['drip']} URLs)")
+    c = DownloadConfig()
     print("sides: fastai download_images(n_workers=8, timeout=4) + verify_images; imgcls download_images with "
-          "DownloadConfig() (the bot's: concurrency 16, 4 per host, timeouts 5/15/60 s) and ingest in "
-          f"{os.cpu_count()} processes")
+          f"DownloadConfig() (the bot's: concurrency {c.concurrency}, {c.per_host} per host, timeouts "
+          f"{c.connect_timeout:g}/{c.read_timeout:g}/{c.total_timeout:g} s, under {c.min_rate // 1024} KB/s after "
+          f"{c.slow_after:g} s given up) and ingest in {os.cpu_count()} processes")
     folder = web_dataset(Path(args.workdir), plan)
     warnings.filterwarnings("ignore", category=FutureWarning)
     import fastai.vision.utils  # noqa: F401 - the baseline's import, outside its timing

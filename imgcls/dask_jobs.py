@@ -305,7 +305,10 @@ def receive(reply: dict[str, Any], spec: TrainSpec) -> TrainResult:
     if model is None or hashlib.sha256(model).hexdigest() != result.model_sha256:  # checked before anything is written
         raise TrainingFailed("The model that came back from the GPU worker does not match its checksum; train again.")
     onnx_name = Path(result.onnx_path).name if result.onnx_path else ""
-    if onnx_name and hashlib.sha256(files.get(onnx_name, b"")).hexdigest() != result.onnx_sha256:
+    if onnx_name and onnx_name not in files:  # the .pkl is the model; predictions can load it
+        log.warning("run %s: the GPU worker sent no ONNX model; predictions will load the fastai model", spec.run_id)
+        result, onnx_name = replace(result, onnx_path="", onnx_sha256=""), ""
+    if onnx_name and hashlib.sha256(files[onnx_name]).hexdigest() != result.onnx_sha256:
         raise TrainingFailed("The ONNX model that came back from the GPU worker does not match its checksum; train "
                              "again.")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -54,13 +54,13 @@ def _label_as_query(label: str) -> str:
 @dataclass(frozen=True)
 class DownloadConfig:
     concurrency: int = 32  # requests in flight, all labels together
-    per_host: int = 16  # most search results sit on a few hosts (upload.wikimedia.org above all): a workshop's
-    # one-off few hundred images from them, 16 at a time, is a modest load; 4 made a download host-bound
+    per_host: int = 8  # as many as fastai's 8 threads may send one host; most results sit on a few hosts
+    # (upload.wikimedia.org above all), and 4 made a download host-bound
     connect_timeout: float = 5.0
     read_timeout: float = 10.0  # the longest wait for the next bytes
     total_timeout: float = 60.0  # the longest one request may take
-    min_rate: int = 32 * 1024  # bytes/s: a body arriving slower than this after `slow_after` s is given up
-    slow_after: float = 5.0
+    min_rate: int = 8 * 1024  # bytes/s, for bodies of unknown length: slower than this after `slow_after` s: given up
+    slow_after: float = 5.0  # (a body of known length is given up once it cannot arrive within total_timeout)
     max_bytes: int = IngestLimits().max_bytes
     max_redirects: int = 3
     retries: int = 3  # extra tries after a 429 or 5xx
@@ -271,7 +271,8 @@ async def _request(session: aiohttp.ClientSession, url: str, config: DownloadCon
                                     sock_read=config.read_timeout)
     headers = {"User-Agent": config.user_agent, "Accept": "image/*"}
     try:
-        async with limiter.slot(URL(url).raw_host or ""):
+        parsed = URL(url)
+        async with limiter.slot(f"{parsed.raw_host or ''}:{parsed.port}"):  # a host, as the connection pool counts
             async with session.get(url, allow_redirects=False, timeout=timeout, headers=headers) as resp:
                 if resp.status in _REDIRECTS:
                     if "Location" not in resp.headers:
@@ -289,7 +290,8 @@ async def _request(session: aiohttp.ClientSession, url: str, config: DownloadCon
                 if resp.content_length is not None and resp.content_length > config.max_bytes:
                     raise FetchError("too_large", f"the file is {mb(resp.content_length)}; the limit is "
                                                   f"{mb(config.max_bytes)}")
-                return await _read_capped(resp, config.max_bytes, config.min_rate, config.slow_after)
+                return await _read_capped(resp, config.max_bytes, config.min_rate, config.slow_after,
+                                          config.total_timeout)
     except FetchError:
         raise
     except _CONNECT_TIMEOUT:
@@ -355,18 +357,27 @@ async def fetch_api(session: aiohttp.ClientSession, url: str, config: DownloadCo
     raise FetchError("http_status", f"more than {config.max_redirects} redirects")
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int, min_rate: int = 0, slow_after: float = 5.0) -> bytes:
-    """The body, up to `cap` bytes; a server dripping it slower than `min_rate` bytes/s (after `slow_after` s) is
-    given up on, instead of holding a slot until the total timeout."""
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int, min_rate: int = 0, slow_after: float = 5.0,
+                       total: float = 0.0) -> bytes:
+    """The body, up to `cap` bytes. A drip is given up on after `slow_after` s instead of holding a slot until the
+    total timeout: a body of known length once, at the rate so far, it would not arrive within `total` s; one of
+    unknown length when it comes slower than `min_rate` bytes/s. A slow but steady link that will make it keeps
+    going."""
     body = bytearray()
     started = time.monotonic()
+    length = resp.content_length
     async for chunk in resp.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > cap:
             raise FetchError("too_large", f"the file is larger than {mb(cap)}, the limit; stopped reading there")
         elapsed = time.monotonic() - started
-        if min_rate and elapsed > slow_after and len(body) < min_rate * elapsed:
-            raise FetchError("timeout", f"the server sent only {mb(len(body))} in {elapsed:.0f} s; too slow")
+        if elapsed <= slow_after:
+            continue
+        rate = len(body) / elapsed
+        hopeless = (elapsed + (length - len(body)) / rate > total) if (length and total) else rate < min_rate
+        if hopeless:
+            raise FetchError("timeout", f"the server sent only {mb(len(body))} in {elapsed:.0f} s; at that rate the "
+                                        "image would take too long")
     return bytes(body)
 
 

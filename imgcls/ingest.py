@@ -21,7 +21,7 @@ from typing import Optional
 
 import imagehash
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from imgcls.errors import InvalidInput
 from imgcls.types import IngestLimits, IngestOutcome
@@ -169,12 +169,7 @@ def _check_stored_shape(width: int, height: int, kept: tuple[int, int], limits: 
 def _downscale(img: Image.Image, max_side: int, original: Optional[tuple[int, int]] = None) -> Image.Image:
     """At most max_side on the longest side. The size is worked out from the `original` (upright) size, so a JPEG
     decoded at a DCT scale is stored at exactly the size a full decode would give."""
-    width, height = original or img.size
-    longest = max(width, height)
-    if longest <= max_side:
-        return img
-    scale = max_side / longest
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    new_size = _stored_size(original or img.size, max_side)
     if new_size == img.size:
         return img
     # A box reduction to no less than twice the size, then a short (bilinear, antialiased) filter: less than half
@@ -193,7 +188,7 @@ def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, 
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im, original_size = _open(data, limits)
+            im, original_size, box = _open(data, limits)
         except _BOMBS:
             detail = _too_many_pixels("over", Image.MAX_IMAGE_PIXELS, limits)
             raise _Refused("too_large", detail) from None
@@ -208,6 +203,9 @@ def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, 
         factor = max(1, max(im.size) // (2 * limits.stored_max_side))  # im: as decoded (a JPEG maybe drafted)
         try:
             img = _to_rgb(im, factor)
+            if box is not None:  # drafted: the part of the decoded pixels that is the picture, resized to the copy
+                img = img.resize(_stored_size(original_size, limits.stored_max_side), Image.Resampling.BILINEAR,
+                                 box=tuple(v / factor for v in box))
             # turned upright after the strips have shrunk it: no full-size copy of a deep or float image
             return (img.transpose(method) if method is not None else img), upright, original_size, original_format
         except Exception as e:
@@ -216,21 +214,29 @@ def _decode(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, 
             raise _Refused("corrupt", detail) from None
 
 
-def _draft(im: Image.Image, max_side: int) -> None:
+def _draft(im: Image.Image, max_side: int) -> Optional[tuple[float, float, float, float]]:
     """Have a JPEG decode at the smallest DCT scale (1/2, 1/4 or 1/8) whose longest side still covers `max_side`:
     a 12 MP photo is decoded at 1/4 or 1/8 instead of in full. The whole entropy-coded stream is still read, so
-    a truncated or damaged file is refused as before."""
+    a truncated or damaged file is refused as before. Returns the box of the decoded pixels that holds the
+    picture (a side that is not a multiple of the scale ends in a padded pixel), or None when not drafted."""
     width, height = im.size
-    longest = max(width, height)
-    if longest <= 2 * max_side:
-        return
-    scale = max_side / longest  # draft keeps every side at least the size asked for
-    im.draft(im.mode, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+    if max(width, height) <= 2 * max_side:
+        return None
+    scale = max_side / max(width, height)  # draft keeps every side at least the size asked for
+    _, box = im.draft(im.mode, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
+    return tuple(box) if box is not None and im.size != (width, height) else None
 
 
-def _open(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int]]:
+def _stored_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The stored copy's size for an image of `size`: at most max_side on its longest side."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _open(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, int], Optional[tuple]]:
     """Identify, check the pixel count before decoding, then decode the first frame (a JPEG at the DCT scale
-    the stored copy needs); with the size the file says it is."""
+    the stored copy needs); with the size the file says it is, and the draft's box (see _draft)."""
     try:
         im = Image.open(io.BytesIO(data), formats=_allowed_formats())
     except _BOMBS:
@@ -250,8 +256,7 @@ def _open(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, in
         raise _Refused("too_large", f"the image is {width}×{height}, {width * height / 1e6:.1f} megapixels of "
                                     f"32-bit greyscale; the limit for those is {deep_limit / 1e6:.1f} megapixels: "
                                     "save it as an 8- or 16-bit image")
-    if im.format == "JPEG":
-        _draft(im, limits.stored_max_side)
+    box = _draft(im, limits.stored_max_side) if isinstance(im, JpegImagePlugin.JpegImageFile) else None  # MPO too
     try:
         im.seek(0)
         im.load()
@@ -260,7 +265,7 @@ def _open(data: bytes, limits: IngestLimits) -> tuple[Image.Image, tuple[int, in
     except Exception as e:
         log.debug("cannot decode a %s image: %r", im.format, e)
         raise _Refused("corrupt", f"the {im.format} file is truncated or damaged") from None
-    return im, (width, height)
+    return im, (width, height), box
 
 
 #: Rows converted at a time: a strip of a 10,000-pixel-wide float image is about 20 MB as float64.

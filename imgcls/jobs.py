@@ -184,10 +184,16 @@ class ProcessJobExecutor:
             self._refill_spare()
 
     def warm_soon(self) -> None:
-        """A run is on its way: have a spare ready (unless keep_warm is 0)."""
-        if self._keep_warm != 0:
+        """A run is on its way: have a spare ready (unless keep_warm is 0). Never while every slot runs a job: the
+        end of a job refills the spare anyway, and importing torch beside a training job only slows it."""
+        if self._keep_warm == 0:
+            return
+        with self._lock:
+            self._last_job = time.monotonic()
+            busy = self._running >= self._max_workers
+        if not busy:
             self._refill_spare()
-            self._cool_later()
+        self._cool_later()
 
     def _cool_later(self) -> None:
         if not self._keep_warm:

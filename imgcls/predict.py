@@ -74,6 +74,19 @@ class Predictor:
             self._models[key] = (expected_sha256, model)
             return model
 
+    def _onnx_or_none(self, onnx_path: Optional[str], onnx_sha256: Optional[str]):
+        """The run's ONNX model if it has a usable one; None means: use the pickle. A file that changed is refused
+        (ModelRefused), never silently replaced; one that is gone, or that ONNX Runtime cannot load, falls back."""
+        if not (onnx_path and onnx_sha256 and Path(onnx_path).is_file()):
+            return None
+        try:
+            return self.load_onnx(onnx_path, onnx_sha256)
+        except ModelRefused as exc:
+            if "changed" in str(exc):
+                raise
+            log.warning("the ONNX model %s cannot be used (%s); using the fastai model", onnx_path, exc)
+            return None
+
     def predict(self, model_path: str, expected_sha256: str, data: bytes, *, k: int = 3,
                 run_id: Optional[int] = None, onnx_path: Optional[str] = None,
                 onnx_sha256: Optional[str] = None) -> Prediction:
@@ -87,10 +100,10 @@ class Predictor:
         a run without one, or whose ONNX file is gone, uses the fastai pickle."""
         if k < 1:
             raise InvalidInput("Ask for at least one label (k >= 1).")
-        if onnx_path and onnx_sha256 and Path(onnx_path).is_file():
+        model = self._onnx_or_none(onnx_path, onnx_sha256)
+        if model is not None:
             from .ingest import decode_rgb
 
-            model = self.load_onnx(onnx_path, onnx_sha256)
             probs = model.probabilities([decode_rgb(data) for data in images])
             labels = model.vocab
         else:
@@ -180,8 +193,10 @@ def warm_up_worker(parent_pid: Optional[int] = None) -> None:
     from .jobs import worker_init
 
     worker_init(parent_pid)
-    import onnxruntime  # noqa: F401  (the import is the warm-up)
-
+    try:
+        import onnxruntime  # noqa: F401  (the import is the warm-up)
+    except ImportError:  # predictions then use the fastai pickle (slower to load); nothing breaks
+        log.warning("onnxruntime is not installed; predictions will load the fastai models")
     from . import ingest, onnx_model  # noqa: F401
 
     _worker_predictor = _worker_predictor or Predictor()

@@ -127,13 +127,13 @@ class Training(commands.Cog):
         queue = self.bot.queue
         queue.check(interaction.guild_id, ws["id"])  # before a run is created for nothing
         self.bot.spawn(self._follow_slots(), name="follow-slots")  # in the background: the interaction first
-        warm_soon = getattr(self.bot.trainer, "warm_soon", None)
-        if warm_soon is not None:  # a local trainer starts its warm process now, while the run is prepared
-            self.bot.spawn(asyncio.to_thread(warm_soon), name="warm-trainer")
         run_id, spec = await self.bot.db(prepare_run, self.bot.store, ws["id"], params,
                                          requested_by=str(interaction.user.id),
                                          parent_run_id=parent["id"] if parent else None,
                                          channel_id=interaction.channel_id)
+        warm_soon = getattr(self.bot.trainer, "warm_soon", None)
+        if warm_soon is not None:  # a local trainer warms its process now (torch, fastai), while the run queues
+            self.bot.spawn(asyncio.to_thread(warm_soon), name="warm-trainer")
         payload = {"spec": spec, "channel": interaction.channel, "requester": interaction.user.id,
                    "parent": parent, "ready": asyncio.Event(), "view": RunView(run_id)}
         job = Job(run_id, interaction.guild_id, ws["id"], payload)

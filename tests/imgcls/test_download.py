@@ -393,20 +393,22 @@ def test_one_image_that_cannot_be_processed_does_not_stop_the_download(store, db
     assert "could not be processed" in store._rows("SELECT detail FROM rejects")[0]["detail"]
 
 
-def test_a_server_dripping_the_body_is_given_up_on_long_before_the_total_timeout():
+def test_a_drip_that_cannot_arrive_in_time_is_given_up_early_and_a_slow_steady_one_is_kept():
     from imgcls.download import FetchError, fetch
 
     async def go():
-        config = DownloadConfig(**{**vars(CONFIG), "read_timeout": 2.0, "total_timeout": 60.0, "slow_after": 1.0,
-                                   "min_rate": 32 * 1024})
+        config = DownloadConfig(**{**vars(CONFIG), "read_timeout": 2.0, "total_timeout": 4.0, "slow_after": 1.0})
         async with serve(make_app(size=256)) as base, make_session(config) as session:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(FetchError) as refused:
-                await fetch(session, f"{base}/drip/d.jpg?rate=4096", config)
-            seconds = asyncio.get_running_loop().time() - started
-            fast = await fetch(session, f"{base}/drip/e.jpg?rate=4000000", config)  # a fast one is fine
-            return refused.value, seconds, fast
-    refusal, seconds, fast = asyncio.run(go())
-    assert refusal.reason == "timeout" and "too slow" in refusal.detail
-    assert seconds < 3.0
-    assert fast[:3] == b"\xff\xd8\xff"
+            size = len(await fetch(session, f"{base}/img/d.jpg", config))
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(FetchError) as refused:  # would need 20 s: given up after about 1 s, not 4
+                await fetch(session, f"{base}/drip/d.jpg?rate={size // 20}", config)
+            hopeless = loop.time() - started
+            started = loop.time()
+            steady = await fetch(session, f"{base}/drip/e.jpg?rate={int(size / 2.5)}", config)  # 2.5 s: kept
+            return refused.value, hopeless, steady, loop.time() - started
+    refusal, hopeless, steady, took = asyncio.run(go())
+    assert refusal.reason == "timeout" and "would take too long" in refusal.detail
+    assert hopeless < 2.0
+    assert steady[:3] == b"\xff\xd8\xff" and took > 1.5

@@ -395,20 +395,24 @@ def test_a_large_jpeg_decoded_at_a_dct_scale_is_still_refused_when_damaged(tmp_p
     assert outcome.detail == "the JPEG file is truncated or damaged"
 
 
-def test_a_jpeg_decoded_at_a_dct_scale_is_stored_as_a_full_decode_would_be(tmp_path):
-    img = photo(2400, 1600)
+@pytest.mark.parametrize("size", [(2400, 1600), (2401, 1601), (4300, 3225)])  # the last two: padded DCT blocks
+def test_a_jpeg_decoded_at_a_dct_scale_is_stored_as_a_full_decode_would_be(tmp_path, size):
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (size[1] // 64, size[0] // 64, 3), dtype=np.uint8)).resize(
+        size, Image.Resampling.BICUBIC)  # smooth: a misplaced pixel shows
     data = encode(img, "JPEG", quality=90)
     outcome = ingest(data, tmp_path)
-    assert (outcome.width, outcome.height) == (512, 341)
-    assert (outcome.original_width, outcome.original_height) == (2400, 1600)
+    target = (512, round(size[1] * 512 / size[0]))
+    assert (outcome.width, outcome.height) == target
+    assert (outcome.original_width, outcome.original_height) == size
     full = Image.open(io.BytesIO(data))
     full.load()
-    reference = full.resize((512, 341), Image.Resampling.LANCZOS)  # a full decode, then a plain Lanczos
+    reference = full.resize(target, Image.Resampling.LANCZOS)  # a full decode, then a plain Lanczos
 
     def psnr(a: Image.Image) -> float:
         x, y = np.asarray(a.convert("RGB"), dtype=np.float64), np.asarray(reference, dtype=np.float64)
         return 10 * np.log10(255 ** 2 / np.mean((x - y) ** 2))
-    before = Image.open(io.BytesIO(encode(full.resize((512, 341), Image.Resampling.LANCZOS, reducing_gap=1.0),
+    before = Image.open(io.BytesIO(encode(full.resize(target, Image.Resampling.LANCZOS, reducing_gap=1.0),
                                           "JPEG", quality=90)))  # how ingest stored it before DCT scaling
     ours = Image.open(tmp_path / outcome.path)
     assert psnr(ours) > psnr(before) - 1.0, (psnr(ours), psnr(before))

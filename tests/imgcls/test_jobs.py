@@ -133,6 +133,15 @@ def test_with_keep_warm_the_spare_starts_when_asked_and_stops_when_idle():
         assert executor.describe()["warm"]
         assert executor.submit(_double, 21).result(60) == 42
         assert executor.describe()["warm"]  # refilled after the job
+        running = executor.submit(_sleepy, 3.0)  # takes the spare
+        deadline = time.monotonic() + 30
+        while not running.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        executor.warm_soon()  # another run queued while the only slot trains: no torch import beside it
+        assert not executor.describe()["warm"]
+        running.result(60)
+        assert executor.describe()["warm"]
         deadline = time.monotonic() + 15
         while executor.describe()["warm"] and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -152,3 +161,8 @@ def _warm_marker() -> None:
 
 def _double(x, progress):
     return 2 * x
+
+
+def _sleepy(seconds, progress):
+    time.sleep(seconds)
+    return seconds

@@ -32,6 +32,8 @@ def every_image(trained) -> list[bytes]:
     for k, kind in enumerate(("circles", "squares", "triangles") * 2):
         img = make_image(kind, seed=20_000 + k, size=160).resize((160 + 40 * k, 120 + 10 * k))
         fresh.append(jpeg_bytes(img))
+    for k, kind in enumerate(("circles", "squares", "triangles")):  # big photos: decoded at a DCT scale
+        fresh.append(jpeg_bytes(make_image(kind, seed=30_000 + k, size=160).resize((1500 + 333 * k, 1100 + 77 * k))))
     return stored + fresh
 
 
