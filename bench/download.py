@@ -441,8 +441,8 @@ def run_web(args: argparse.Namespace) -> None:
     c = DownloadConfig()
     print("sides: fastai download_images(n_workers=8, timeout=4) + verify_images; imgcls download_images with "
           f"DownloadConfig() (the bot's: concurrency {c.concurrency}, {c.per_host} per host, timeouts "
-          f"{c.connect_timeout:g}/{c.read_timeout:g}/{c.total_timeout:g} s, under {c.min_rate // 1024} KB/s after "
-          f"{c.slow_after:g} s given up) and ingest in {os.cpu_count()} processes")
+          f"{c.connect_timeout:g}/{c.read_timeout:g}/{c.total_timeout:g} s; a drip that cannot finish within "
+          f"{c.total_timeout:g} s given up after {c.slow_after:g} s) and ingest in {os.cpu_count()} processes")
     folder = web_dataset(Path(args.workdir), plan)
     warnings.filterwarnings("ignore", category=FutureWarning)
     import fastai.vision.utils  # noqa: F401 - the baseline's import, outside its timing

@@ -118,8 +118,8 @@ def main() -> int:
             return 1
         print(f"worker killed mid-job -> the job running again on a worker: {starts[1] - killed:.1f} s", flush=True)
         job.result(1800)
-        print(f"... training again (its first epoch started) {who['again'] - killed:.1f} s after the kill; "
-              "the other worker had run no job, so it started its training process cold", flush=True)
+        print(f"... its first epoch started again {who['again'] - killed:.1f} s after the kill, on worker "
+              f"{who['name']}", flush=True)
         print(f"... and finished {time.monotonic() - killed:.1f} s after the kill", flush=True)
         remote.shutdown()
     local.shutdown()
