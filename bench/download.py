@@ -185,24 +185,29 @@ class Timing:
         return self.kept / self.seconds
 
 
-def run_baseline(urls: list[str], base: str) -> Timing:
+def run_baseline(urls: list[str], base: str, *, max_pics: int = 1000, watch: bool = False) -> tuple[Timing, float]:
+    """fastai's side; with `watch`, also the time until 90% of its kept images were on disk (it only knows which
+    are good once verify_images has run), else nan."""
     from fastai.data.transforms import get_image_files
     from fastai.vision.utils import download_images as fastai_download_images, verify_images
 
     before = served(base)["requests"]
     with tempfile.TemporaryDirectory(prefix="bench-download-fastai-") as tmp:
         dest = Path(tmp) / "images"
+        filling = Filling(dest) if watch else None
         with contextlib.redirect_stdout(io.StringIO()):  # fastprogress's bar; its cost stays in the timing
             started = time.perf_counter()
-            fastai_download_images(dest, urls=urls, max_pics=1000)
+            fastai_download_images(dest, urls=urls, max_pics=max_pics)
             downloaded = time.perf_counter()
             failed = verify_images(get_image_files(dest))
             failed.map(Path.unlink)
             finished = time.perf_counter()
+        if filling is not None:
+            filling.stop()
         kept = len(get_image_files(dest))
     return Timing(finished - started, kept, served(base)["requests"] - before,
                   f"download {downloaded - started:.1f} s + verify {finished - downloaded:.1f} s, "
-                  f"{len(failed)} failed verify_images")
+                  f"{len(failed)} failed verify_images"), filling.time_to(0.9 * kept) if filling else float("nan")
 
 
 class ListSource:
@@ -457,7 +462,7 @@ def run_web(args: argparse.Namespace) -> None:
             by_label.setdefault(LABELS[i * 4 // len(urls)], []).append(url)
         results: dict[str, list[tuple[Timing, float]]] = {"baseline": [], "imgcls": []}
         for n in range(args.repeat):
-            order = [("baseline", lambda: web_baseline(urls, bases[0])),
+            order = [("baseline", lambda: run_baseline(urls, bases[0], max_pics=10_000, watch=True)),
                      ("imgcls", lambda: web_imgcls(by_label, bases[0], pool))]
             for name, fn in (order if n % 2 == 0 else order[::-1]):
                 t, t90 = fn()
@@ -473,27 +478,6 @@ def run_web(args: argparse.Namespace) -> None:
     print(f"imgcls: {ours_rate:.1f} images/s; 90% of its final images after {o90:.1f} s")
     print(f"ratio: {ours_rate / base_rate:.1f}x baseline in web mode (goal: at least 3x): "
           f"{'met' if ours_rate / base_rate >= 3 else 'NOT met'}; time to 90%: {b90 / o90:.1f}x sooner")
-
-
-def web_baseline(urls: list[str], base: str) -> tuple[Timing, float]:
-    from fastai.data.transforms import get_image_files
-    from fastai.vision.utils import download_images as fastai_download_images, verify_images
-
-    with tempfile.TemporaryDirectory(prefix="bench-download-fastai-") as tmp:
-        dest = Path(tmp) / "images"
-        filling = Filling(dest)
-        with contextlib.redirect_stdout(io.StringIO()):
-            started = time.perf_counter()
-            fastai_download_images(dest, urls=urls, max_pics=10_000)
-            downloaded = time.perf_counter()
-            failed = verify_images(get_image_files(dest))
-            failed.map(Path.unlink)
-            finished = time.perf_counter()
-        filling.stop()
-        kept = len(get_image_files(dest))
-        t90 = filling.time_to(0.9 * kept)  # on disk; fastai only knows which are good once verify_images has run
-    return Timing(finished - started, kept, 0, f"download {downloaded - started:.1f} s + verify "
-                                               f"{finished - downloaded:.1f} s, {len(failed)} failed verify"), t90
 
 
 def web_imgcls(by_label: dict[str, list[str]], base: str, pool: ProcessPoolExecutor) -> tuple[Timing, float]:
@@ -562,7 +546,7 @@ def main() -> None:
         baseline: list[Timing] = []
         ours: list[Timing] = []
         for n in range(args.repeat):
-            order = [("baseline", lambda: run_baseline(urls, base), baseline),
+            order = [("baseline", lambda: run_baseline(urls, base)[0], baseline),
                      ("imgcls", lambda: run_imgcls(by_label, base, pool, args.concurrency), ours)]
             for name, fn, results in (order if n % 2 == 0 else order[::-1]):
                 load = os.getloadavg()[0]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import ImgclsError, InvalidInput, JobCancelled, JobTimedOut, NotReady, TrainingFailed
-from .jobs import TIMED_OUT, JobFuture, safe_progress
+from .jobs import TIMED_OUT, JobFuture, Watchers, safe_progress
 from .remote import cancel_event_name, pack, progress_from
 from .types import Progress, TrainResult, TrainSpec
 
@@ -57,9 +57,7 @@ class DaskJobExecutor:
         self.waiting_note_every = waiting_note_every
         self._client = None
         self._connect_lock = threading.Lock()  # held while connecting: never by submit(), which must not block
-        self._lock = threading.Lock()
-        self._threads: list[tuple[threading.Thread, JobFuture]] = []
-        self._shutdown = False
+        self._watchers = Watchers()
         # imported once, here: two threads importing distributed at once can meet a half-initialised module
         import distributed  # noqa: F401
         import distributed.scheduler  # noqa: F401
@@ -147,15 +145,8 @@ class DaskJobExecutor:
                timeout: Optional[float] = None) -> JobFuture:
         """Run `fn(arg, progress)` on a GPU worker; `fn` must be importable there by name. The time limit counts
         from when a worker starts the job, not while it waits for one."""
-        if self._shutdown:
-            raise RuntimeError("the executor is shut down")
-        future = JobFuture()
-        thread = threading.Thread(target=self._watch, args=(future, fn, arg, progress, timeout),
-                                  name=f"dask-job-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        with self._lock:
-            self._threads = [(t, f) for t, f in self._threads if t.is_alive()] + [(thread, future)]
-        thread.start()
-        return future
+        return self._watchers.start(self._watch, f"dask-job-{getattr(fn, '__name__', 'fn')}", fn, arg, progress,
+                                    timeout)
 
     def _watch(self, future: JobFuture, fn, arg: TrainSpec, progress, timeout: Optional[float]) -> None:
         if not future.set_running_or_notify_cancel():
@@ -273,15 +264,7 @@ class DaskJobExecutor:
             log.warning("could not cancel Dask job %s", job_id, exc_info=True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._lock:
-            self._shutdown = True
-            threads = list(self._threads)
-        if cancel_futures:
-            for _, future in threads:
-                future.cancel()
-        if wait:
-            for thread, _ in threads:
-                thread.join()
+        self._watchers.close(wait, cancel_futures)
         with self._connect_lock:
             client, self._client = self._client, None
         if client is not None:

@@ -164,6 +164,38 @@ class JobFuture(Future):
         return True
 
 
+class Watchers:
+    """An executor's watcher threads, one per submitted job: each runs `watch(future, *args)` and settles the
+    future. Shared by the local and the Dask executor."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: list[tuple[threading.Thread, JobFuture]] = []
+        self.closed = False
+
+    def start(self, watch: Callable[..., None], name: str, *args: Any) -> JobFuture:
+        if self.closed:
+            raise RuntimeError("the executor is shut down")
+        future = JobFuture()
+        thread = threading.Thread(target=watch, args=(future, *args), name=name, daemon=True)
+        with self._lock:
+            self._threads = [(t, f) for t, f in self._threads if t.is_alive()] + [(thread, future)]
+        thread.start()
+        return future
+
+    def close(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Accept no more jobs; optionally cancel the waiting ones (and stop running ones), then wait."""
+        with self._lock:
+            self.closed = True
+            threads = list(self._threads)
+        if cancel_futures:
+            for _, future in threads:
+                future.cancel()
+        if wait:
+            for thread, _ in threads:
+                thread.join()
+
+
 class ProcessJobExecutor:
     """A concurrent.futures-style executor: `max_workers` slots, a fresh spawned process per job."""
 
@@ -178,8 +210,7 @@ class ProcessJobExecutor:
         self._warm = warm
         self._spare: Optional[_Worker] = None
         self._lock = threading.Lock()
-        self._threads: list[tuple[threading.Thread, JobFuture]] = []
-        self._shutdown = False
+        self._watchers = Watchers()
         if keep_warm is None:
             self._refill_spare()
 
@@ -216,22 +247,14 @@ class ProcessJobExecutor:
     def submit(self, fn: Callable[..., Any], arg: Any, *, progress: Optional[Callable[[Any], None]] = None,
                timeout: Optional[float] = None) -> JobFuture:
         """Run `fn(arg, progress_callback)` in a new process. `fn` must be importable by name."""
-        if self._shutdown:
-            raise RuntimeError("the executor is shut down")
-        future = JobFuture()
-        thread = threading.Thread(target=self._watch, args=(future, fn, arg, progress, timeout),
-                                  name=f"job-{getattr(fn, '__name__', 'fn')}", daemon=True)
-        with self._lock:
-            self._threads = [(t, f) for t, f in self._threads if t.is_alive()] + [(thread, future)]
-        thread.start()
-        return future
+        return self._watchers.start(self._watch, f"job-{getattr(fn, '__name__', 'fn')}", fn, arg, progress, timeout)
 
     def _refill_spare(self) -> None:
         if self._warm is None or self._keep_warm == 0:
             return
         with self._lock:
             self._last_job = time.monotonic()
-            if self._shutdown or (self._spare is not None and self._spare.proc.is_alive()):
+            if self._watchers.closed or (self._spare is not None and self._spare.proc.is_alive()):
                 return
             self._spare = _Worker(self._warm)
 
@@ -303,15 +326,9 @@ class ProcessJobExecutor:
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more jobs; optionally cancel the waiting ones (and stop running ones), then wait."""
+        self._watchers.closed = True  # no spare is started from here on
         with self._lock:
-            self._shutdown = True
             spare, self._spare = self._spare, None
-            threads = list(self._threads)
         if spare is not None:
             spare.stop()
-        if cancel_futures:
-            for _, future in threads:
-                future.cancel()
-        if wait:
-            for thread, _ in threads:
-                thread.join()
+        self._watchers.close(wait, cancel_futures)

@@ -15,37 +15,13 @@ import numpy as np
 from PIL import Image
 
 from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.procs import alive, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 MANAGE_GUILD = 1 << 5
 
 
-def children(pid: int) -> set[int]:
-    """Every live descendant of `pid`."""
-    parents: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":  # a zombie has exited
-            out.add(pid)
-    return out
+children = descendants  # every live descendant of a pid
 
 
 def wait_for_children(pid: int, at_least: int, timeout: float = 120) -> set[int]:

@@ -12,6 +12,7 @@ from imgcls.collect import add_files, folder_files
 from imgcls.store import Store
 from tests.conftest import jpeg_bytes, make_image, write_image_folders
 from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.procs import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 MANAGE_GUILD = 1 << 5
@@ -21,17 +22,8 @@ GOAL_MB = 500
 
 def tree(pid: int) -> dict[int, tuple[float, str]]:
     """pid -> (RSS in MB, command) for the process and all its descendants."""
-    parents, out = {}, {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = {pid}, {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
+    out = {}
+    found = {pid} | descendants(pid)
     for p in found:
         try:
             rss = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{p}/status").read_text().splitlines()

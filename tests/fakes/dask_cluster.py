@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from tests.fakes.procs import parents
+
 DASK = str(Path(sys.executable).parent / "dask")
 
 
@@ -34,7 +36,7 @@ class Cluster:
     def worker_pids(self, name: str) -> list[int]:
         """The worker process the nanny for `name` runs (not its resource tracker)."""
         out = []
-        for pid, ppid in _processes().items():
+        for pid, ppid in parents().items():
             if ppid == self.workers[name].pid:
                 try:
                     if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
@@ -77,26 +79,6 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-
-
-def _processes() -> dict[int, int]:
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                out[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def descendants(pid: int) -> set[int]:
-    parents = _processes()
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return found
 
 
 @contextmanager

@@ -20,7 +20,8 @@ from imgcls.runs import RunParams, prepare_run, record_outcome, train_workshop
 from imgcls.store import Store
 from imgcls.train import sha256_file, train
 from imgcls.types import ImageMeta
-from tests.fakes.dask_cluster import dask_cluster, descendants
+from tests.fakes.dask_cluster import dask_cluster
+from tests.fakes.procs import alive, descendants
 
 from ..conftest import jpeg_bytes, make_image, write_image_folders
 
@@ -104,22 +105,11 @@ def test_two_jobs_from_two_servers_run_on_two_workers_at_once(cluster, tmp_path)
             store.close()
 
 
-def _alive(pids) -> set:
-    out = set()
-    for pid in pids:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                out.add(pid)
-        except OSError:
-            continue
-    return out
-
-
 def assert_gone(pids, within: float = 15) -> None:
     deadline = time.monotonic() + within
-    while _alive(pids) and time.monotonic() < deadline:
+    while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pids), f"still running: {_alive(pids)}"
+    assert not alive(pids), f"still running: {alive(pids)}"
 
 
 def start_and_wait_for_epoch(executor, spec, events: list, worker_name: dict):
