@@ -23,7 +23,10 @@ from imgcls.cleaning import CleaningBoard
 from imgcls.download import DownloadConfig, make_session
 from imgcls.search import SearchConfig
 from imgcls.store import Store
+from imgcls.stumpers import StumperBook
 from imgcls.suspects import SuspectBook
+
+from .guide import Guide, load_guide
 
 from .queue import TrainQueue
 from .settings import Settings
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EXTENSIONS = ("bot.exts.errors", "bot.exts.workshop", "bot.exts.images", "bot.exts.training",
-              "bot.exts.cleaning", "bot.exts.classify")
+              "bot.exts.cleaning", "bot.exts.classify", "bot.exts.guide")
 
 
 def make_trainer(settings: Settings) -> Any:
@@ -81,6 +84,8 @@ class WorkshopBot(commands.Bot):
         self.store: Store
         self.board: CleaningBoard
         self.suspects: SuspectBook
+        self.stumpers: StumperBook
+        self.guide: Guide = load_guide(settings.guide_file or None)
         self.session: aiohttp.ClientSession
         self.queue: TrainQueue
         self.recovered = asyncio.Event()
@@ -110,6 +115,7 @@ class WorkshopBot(commands.Bot):
         self.store = await self.db(Store, self.settings.data_dir)
         self.board = await self.db(CleaningBoard, self.store)
         self.suspects = await self.db(SuspectBook, self.store, self.board)
+        self.stumpers = await self.db(StumperBook, self.store, self.board)
         if self.pool is None:
             from imgcls.jobs import worker_init
 
@@ -154,7 +160,7 @@ class WorkshopBot(commands.Bot):
         """After a restart: announce interrupted runs, recount open votes, resume downloads."""
         await self.wait_until_ready()
         try:
-            for name in ("training", "cleaning", "images"):
+            for name in ("training", "cleaning", "images", "classify"):
                 cog = self.get_cog(name.capitalize())
                 if cog is not None and hasattr(cog, "recover"):
                     try:
@@ -177,6 +183,13 @@ class WorkshopBot(commands.Bot):
     async def in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """CPU work (ingest, plots) in the process pool; `fn` must be importable by name."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    def step_done(self, workshop_id: int, event: str, channel: Any) -> None:
+        """Tell the guide that something happened in a workshop (a download finished, a run trained…); it posts the
+        next step in the background when that finishes one."""
+        cog = self.get_cog("Guide")
+        if cog is not None and channel is not None:
+            self.spawn(cog.step_done(workshop_id, event, channel), name=f"guide-{event}")
 
     def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task:
         """A background task that is kept alive, logged if it fails and cancelled on close."""

@@ -130,22 +130,6 @@ def train_status(run_id: int, *, state: str, epochs: Sequence[Mapping[str, Any]]
     return clip("\n".join(lines))
 
 
-def pairs_line(most_confused: Sequence[Sequence[Any]]) -> str:
-    if not most_confused:
-        return "No confusions in the validation set."
-    return "Most confused: " + ", ".join(f"{plain(a)} → {plain(b)} ({n}×)" for a, b, n in most_confused[:5])
-
-
-def run_results(run: Mapping[str, Any], mention: str = "") -> str:
-    m = run.get("metrics") or {}
-    head = f"{mention} " if mention else ""
-    text = (f"{head}**Run {run['id']} finished**: accuracy **{m.get('accuracy', 0):.1%}** on "
-            f"{m.get('n_valid', '?')} validation images ({m.get('n_train', '?')} for training, "
-            f"{(run.get('params') or {}).get('arch', '?')}, {seconds(m.get('seconds'))}).\n"
-            f"{epoch_table(run.get('epochs') or [])}{pairs_line(run.get('most_confused') or [])}")
-    return clip(text)
-
-
 def runs_list(runs: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> str:
     if not runs:
         return "No runs yet; a host can start one with `/train`."
@@ -158,48 +142,6 @@ def runs_list(runs: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> st
         when = (r.get("finished_at") or r.get("created_at") or "")[:16].replace("T", " ")
         lines.append(f"run {r['id']}: {acc}, {size} images, {(r.get('params') or {}).get('arch', '?')}, "
                      f"{when} UTC, by {who}" + (" (retrain)" if r.get("parent_run_id") else ""))
-    return clip("\n".join(lines))
-
-
-def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: Sequence[Mapping[str, Any]],
-                 diff: Any = None) -> str:
-    """diff: an imgcls.compare.Comparison (both models on the same images), or None when there is none."""
-    a0 = (before.get("metrics") or {}).get("accuracy", 0.0)
-    a1 = (after.get("metrics") or {}).get("accuracy", 0.0)
-    m0, m1 = before.get("metrics") or {}, after.get("metrics") or {}
-    if diff is not None and diff.n:
-        delta = (diff.after_accuracy - diff.before_accuracy) * 100
-        lines = [f"**Before/after cleaning**, both models on the same {diff.n} validation images, with the labels "
-                 f"they have now: run {before['id']}'s model got **{diff.before_right} of {diff.n}** right "
-                 f"({diff.before_accuracy:.1%}), run {after['id']}'s **{diff.after_right} of {diff.n}** "
-                 f"({diff.after_accuracy:.1%}, {delta:+.1f} points).",
-                 f"-# Each run's own figure: run {before['id']} {a0:.1%} on its {m0.get('n_valid', '?')} validation "
-                 f"images as they were labelled then; run {after['id']} {a1:.1%} on {m1.get('n_valid', '?')}."]
-        if diff.fixed:
-            lines.append("Wrong → right: " + ", ".join(f"image {i} ({plain(label)}; was {plain(old)})"
-                                                       for i, label, old in diff.fixed[:12])
-                         + (f" and {len(diff.fixed) - 12} more" if len(diff.fixed) > 12 else ""))
-        if diff.broken:
-            lines.append("Right → wrong: " + ", ".join(f"image {i} ({plain(label)}; now {plain(new)})"
-                                                       for i, label, new in diff.broken[:12])
-                         + (f" and {len(diff.broken) - 12} more" if len(diff.broken) > 12 else ""))
-        if not diff.fixed and not diff.broken:
-            lines.append("No image on the validation side changed from wrong to right or back.")
-    else:
-        lines = [f"**Before/after cleaning**: run {before['id']} {a0:.1%} → run {after['id']} {a1:.1%} "
-                 f"({(a1 - a0) * 100:+.1f} points; each on its own validation images)."]
-    n0 = len((before.get("snapshot") or {}).get("items") or [])
-    n1 = len((after.get("snapshot") or {}).get("items") or [])
-    lines.append(f"Dataset: {n0} → {n1} images.")
-    if changes:
-        lines.append("Cleaned images:")
-        for c in changes[:20]:
-            what = "deleted" if c["action"] == "delete" else f"relabelled {plain(c['old'])} → {plain(c['new'])}"
-            lines.append(f"• image {c['image_id']}: {what}")
-        if len(changes) > 20:
-            lines.append(f"…and {len(changes) - 20} more.")
-    else:
-        lines.append("No images were cleaned between the two runs.")
     return clip("\n".join(lines))
 
 
@@ -255,26 +197,17 @@ def choice_emoji(labels: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def candidate_text(cand: Mapping[str, Any], labels: Sequence[str], votes: Mapping[str, Iterable[str]],
-                   credit: str = "", outcome: str = "") -> str:
-    legend = " · ".join(f"{e} {plain(c[len(RELABEL):]) if c.startswith(RELABEL) else c}"
-                        for e, c in choice_emoji(labels).items())
+def vote_text(cand: Mapping[str, Any], labels: Sequence[str], votes: Mapping[str, Iterable[str]],
+              outcome: str = "") -> str:
+    """A vote message's text (its embed holds the image and the legend): the tally, and the outcome once closed.
+    A vote edits only this text, so the image stays as it was posted."""
     counts = tally(votes)
     shown = {e: counts.get(c, 0) for e, c in choice_emoji(labels).items()}
     tally_line = " ".join(f"{e} {n}" for e, n in shown.items() if n) or "no votes yet"
-    if cand.get("reason"):  # written with emphasis(): its labels are escaped already
-        why = f"**Vote {cand['id']}** — image {cand['image_id']}: {cand['reason']}."
-    else:
-        why = (f"**Vote {cand['id']}** — image {cand['image_id']}, labelled **{plain(cand['label'])}**; "
-               f"the model says **{plain(cand['predicted'])}** ({cand.get('probability') or 0:.0%}).")
-    lines = [why,
-             f"React to vote: {legend}",
-             f"Votes ({len(votes)} people): {tally_line}"]
-    if credit:
-        lines.append(f"-# {plain(credit)}")
+    text = f"**Vote {cand['id']}** · Votes ({len(votes)} people): {tally_line}"
     if outcome:
-        lines.append(f"**Closed:** {outcome}")
-    return clip("\n".join(lines))
+        text += f"\n**Closed:** {outcome}"
+    return clip(text)
 
 
 def outcome_text(result: Mapping[str, Any]) -> str:
@@ -292,14 +225,3 @@ def apply_summary(summary: Mapping[str, Any]) -> str:
     for r in summary["results"]:
         lines.append(f"• image {r['image_id']}: {outcome_text(r)}")
     return clip("\n".join(lines))
-
-
-# ---------------------------------------------------------------- prediction
-
-
-def prediction_text(pred: Any, threshold: float, name: str = "") -> str:
-    top = "\n".join(f"{i + 1}. **{plain(label)}** {p:.1%}" for i, (label, p) in enumerate(pred.top))
-    verdict = (f"Not sure — my best guess is **{plain(pred.label)}** ({pred.probability:.0%})."
-               if pred.probability < threshold else f"That looks like **{plain(pred.label)}**.")
-    head = f"`{code(name)}`: " if name else ""
-    return clip(f"{head}{verdict}\n{top}\n-# model from run {pred.run_id}")

@@ -56,6 +56,7 @@ class Settings:
     wikimedia_url: str = "https://commons.wikimedia.org/w/api.php"
     openverse_client_id: str = ""
     openverse_client_secret: str = ""
+    guide_file: str = ""  # the guided steps' texts (TOML); empty: bot/guide.toml
 
     def __repr__(self) -> str:  # never show the token, even in a traceback
         shown = ", ".join(f"{f.name}={'***' if 'token' in f.name or 'secret' in f.name else getattr(self, f.name)!r}"

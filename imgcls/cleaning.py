@@ -243,7 +243,8 @@ class CleaningBoard:
             return False
 
     def undo_last_apply(self, workshop_id: int, *, who: Optional[str] = None) -> dict[str, Any]:
-        """Revert the newest apply that is not undone yet; returns its summary."""
+        """Revert the newest apply that is not undone yet (a vote's deletes and relabels, or a stumper the group
+        added: it is set aside again); returns its summary."""
         s = self.store
         with s.transaction():
             row = self._first("SELECT * FROM clean_applies WHERE workshop_id = ? AND undone_at IS NULL ORDER BY id "
@@ -251,7 +252,7 @@ class CleaningBoard:
             if row is None:
                 raise NotFound("There is no applied clean-up to undo.")
             summary = json.loads(row["summary"] or "{}")
-            if summary.get("deleted") or summary.get("relabelled"):
+            if summary.get("deleted") or summary.get("relabelled") or summary.get("added"):
                 try:
                     s.undo(workshop_id, batch=row["batch"], who=who, why=f"undo clean-up {row['id']}")
                 except NotFound:

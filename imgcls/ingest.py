@@ -405,3 +405,11 @@ def mb(n: int) -> str:
     if n >= 1024 * 1024:
         return f"{n / (1024 * 1024):.1f} MB"
     return f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
+
+
+def thumbnail_jpeg(data: bytes, side: int = 256, limits: IngestLimits = IngestLimits()) -> bytes:
+    """A small upright JPEG of pasted image bytes (at most `side` pixels long), to show beside its answer."""
+    img = _downscale(decode_rgb(data, limits), side)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()

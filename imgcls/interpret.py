@@ -101,3 +101,42 @@ def render_grid(tiles: Sequence[tuple[str, str, Optional[str]]], columns: int = 
             credit = credit if len(credit) <= 48 else credit[:47] + "…"
             ax.text(0.5, -0.04, credit, transform=ax.transAxes, ha="center", va="top", fontsize=7, color="#555555")
     return _png(fig)
+
+
+def render_learning_curve(epochs: Sequence[dict], title: str = "Learning curve") -> bytes:
+    """Train and valid loss per epoch (dicts with epoch, phase, train_loss, valid_loss); the frozen epochs, where
+    only the new head learns, are shaded."""
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if not epochs:
+        ax.text(0.5, 0.5, "No epochs recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _png(fig)
+    x = list(range(1, len(epochs) + 1))
+    ax.plot(x, [e["train_loss"] for e in epochs], "o-", label="train loss", color="#1f77b4")
+    ax.plot(x, [e["valid_loss"] for e in epochs], "s-", label="valid loss", color="#ff7f0e")
+    frozen = [n for n, e in zip(x, epochs) if e.get("phase") == "frozen"]
+    if frozen:
+        ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="#dddddd", alpha=0.6, lw=0, label="frozen (head only)")
+    ax.set_xticks(x)
+    ax.set_xlim(0.5, len(x) + 0.5)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel("Loss")
+    last = epochs[-1]
+    ax.set_title(f"{title}\nfinal valid loss {last['valid_loss']:.3f}, accuracy {last.get('accuracy', 0):.1%}")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def side_by_side(left_png: bytes, right_png: bytes, gap: int = 24) -> bytes:
+    """Two PNGs in one image, left and right, top-aligned on white (before and after confusion matrices)."""
+    with Image.open(io.BytesIO(left_png)) as a, Image.open(io.BytesIO(right_png)) as b:
+        a, b = a.convert("RGB"), b.convert("RGB")
+        out = Image.new("RGB", (a.width + gap + b.width, max(a.height, b.height)), "white")
+        out.paste(a, (0, 0))
+        out.paste(b, (a.width + gap, 0))
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

@@ -231,6 +231,8 @@ class Store:
         self._ensure_columns("runs", {"parent_predictions": str, "scoring": str})
         # Added with ONNX prediction: the same model, for ONNX Runtime.
         self._ensure_columns("runs", {"onnx_path": str, "onnx_sha256": str})
+        # Added with pasted images that teach the model: an image the group added after the model got it wrong.
+        self._ensure_columns("images", {"stumper": int})
         db["downloads"].create(
             {"id": int, "workshop_id": int, "status": str, "per_label": int, "sources": str, "requested_by": str,
              "owner": str, "channel_id": int, "message_id": int, "created_at": str, "finished_at": str,
@@ -275,6 +277,13 @@ class Store:
             raise NotFound(f"There is no workshop {workshop_id}.")
         row["settings"] = json.loads(row["settings"] or "{}")
         return row
+
+    def update_workshop_settings(self, workshop_id: int, values: dict[str, Any]) -> dict[str, Any]:
+        """Merge `values` into the workshop's settings (its guide's state, for one); returns them all."""
+        with self.transaction():
+            settings = {**self.workshop(workshop_id)["settings"], **values}
+            self._update("workshops", workshop_id, {"settings": json.dumps(settings)})
+        return settings
 
     def find_workshop(
         self, name: Optional[str] = None, *, guild_id: Optional[int] = None, channel_id: Optional[int] = None

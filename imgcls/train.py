@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from .errors import InvalidInput, NotReady, TrainingFailed
 from .split import split_items
-from .types import ARCHS, SUSPECT_METHODS, EpochMetrics, Progress, TopLoss, TrainItem, TrainResult, TrainSpec
+from .types import ARCHS, SUSPECT_METHODS, EpochMetrics, Progress, TopLoss, TrainItem, TrainResult, TrainSpec, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +281,8 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
         ("confusion", str(_write(out_dir / "confusion.png", interpret.render_confusion(labels, confusion)))),
         ("top_losses", str(_write(out_dir / "top_losses.png", interpret.render_top_losses(
             [interpret.Tile.from_top_loss(t, credits.get(t.image_id)) for t in top])))),
+        ("learning_curve", str(_write(out_dir / "learning_curve.png", interpret.render_learning_curve(
+            [to_plain(e) for e in epochs])))),
     ]
     if parent_predictions:
         from .compare import confusion_of

@@ -68,3 +68,37 @@ def store(tmp_path) -> Store:
 def image_folders(tmp_path) -> Path:
     """Three separable labels, 12 images each, 96 px."""
     return write_image_folders(tmp_path / "photos", per_label=12)
+
+
+def embed_dicts(message) -> list[dict]:
+    """A message's embeds as Discord's dicts, from discord.py (SimCord) or the wire (FakeDiscord)."""
+    return [e if isinstance(e, dict) else e.to_dict() for e in message.embeds]
+
+
+def shown(message) -> str:
+    """Everything a person reads in a message: its text and its embeds' author, title, description, fields, footer."""
+    parts = [message.content or ""]
+    for e in embed_dicts(message):
+        parts += [(e.get("author") or {}).get("name", ""), e.get("title", ""), e.get("description", "")]
+        for f in e.get("fields") or []:
+            parts += [f["name"], f["value"]]
+        parts.append((e.get("footer") or {}).get("text", ""))
+    return "\n".join(p for p in parts if p)
+
+
+def inline_images(message) -> list[str]:
+    """The file names of a message's attachments its embeds show, in embed order (image, then thumbnail). An
+    embed may name its file as `attachment://name` (as sent; SimCord keeps it) or by the attachment's URL (as
+    Discord rewrites it); a reference to a file the message lacks fails."""
+    by_url = {a.url: a.filename for a in message.attachments}
+    names = {a.filename for a in message.attachments}
+    out = []
+    for e in embed_dicts(message):
+        for key in ("image", "thumbnail"):
+            url = (e.get(key) or {}).get("url")
+            if not url:
+                continue
+            name = url.removeprefix("attachment://") if url.startswith("attachment://") else by_url.get(url)
+            assert name in names, f"embed {key} {url!r} is not one of the message's files {sorted(names)}"
+            out.append(name)
+    return out

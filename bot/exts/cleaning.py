@@ -23,8 +23,9 @@ from imgcls.credits import credit_line
 from imgcls.errors import ConflictError, NotFound
 from imgcls.suspects import Selection, Suspect, explain
 
-from .. import render
+from .. import embeds, render
 from ..checks import host_only, workshop_here
+from .guide import as_embeds
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,10 @@ class Cleaning(commands.Cog):
         try:
             cand = await self.bot.db(self.bot.board.candidate, cid)
             data = await asyncio.get_running_loop().run_in_executor(None, self.bot.store.image_path(image).read_bytes)
-            message = await channel.send(render.candidate_text(cand, legend, {}, credit_line(image) or ""),
-                                         file=discord.File(io.BytesIO(data), f"image-{image['id']}.jpg"),
-                                         suppress_embeds=True)
+            name = f"image-{image['id']}.jpg"
+            shown = embeds.candidate(cand, legend, credit_line(image) or "", image=name)
+            message = await channel.send(render.vote_text(cand, legend, {}), embeds=as_embeds(shown),
+                                         file=discord.File(io.BytesIO(data), name))
         except BaseException:
             await self.bot.db(self.bot.board.withdraw, cid)  # never posted: the image is free to go up again
             raise
@@ -166,8 +168,7 @@ class Cleaning(commands.Cog):
                 outcome = render.outcome_text({"action": d["action"], "label": d["label"], "votes": d["votes"],
                                                "voters": d["voters"], "why": d["why"], "old_label": cand["label"]})
             votes = await self.bot.db(self.bot.board.votes, cand["id"])
-            image = await self.bot.db(self.bot.store.image, cand["image_id"])
-            text = render.candidate_text(cand, cand["legend"], votes, credit_line(image) or "", outcome)
+            text = render.vote_text(cand, cand["legend"], votes, outcome)
             try:
                 channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
                 if isinstance(channel, discord.Thread) and channel.archived:
@@ -218,6 +219,7 @@ class Cleaning(commands.Cog):
         for r in summary["results"]:
             self.open.pop(r["message_id"], None)
         self.bot.spawn(self._close_messages(summary, interaction.channel_id), name="clean-close")
+        self.bot.step_done(ws["id"], "clean", interaction.channel)
 
     async def _close_messages(self, summary: dict, channel_id: int) -> None:
         for r in summary["results"]:
@@ -230,9 +232,11 @@ class Cleaning(commands.Cog):
     async def undo(self, interaction: discord.Interaction) -> None:
         ws = await workshop_here(interaction)
         summary = await self.bot.db(self.bot.board.undo_last_apply, ws["id"], who=str(interaction.user.id))
+        added = summary.get("added", 0)
         await interaction.response.send_message(
             f"Reverted the clean-up: {summary.get('deleted', 0)} images restored, "
-            f"{summary.get('relabelled', 0)} relabels undone.")
+            f"{summary.get('relabelled', 0)} relabels undone"
+            + (f", {added} stumper{'s' if added != 1 else ''} set aside again." if added else "."))
 
 
 async def setup(bot) -> None:

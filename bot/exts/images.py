@@ -113,6 +113,8 @@ class Images(commands.Cog):
         await message.edit(content=render.download_progress(
             list(report.labels), done=True, note=" ".join(x for x in (
                 note, f"{report.added} new images in {report.seconds:.0f} s.", short, errors) if x)))
+        if any(p.stored for p in report.labels):
+            self.bot.step_done(ws["id"], "gather", channel)
 
     async def recover(self) -> None:
         """Resume downloads a restart interrupted: what is stored already is not fetched again."""
@@ -146,25 +148,30 @@ class Images(commands.Cog):
             raise InvalidInput(f"**{render.plain(label)}** already has {have} images, the most this bot allows per label.")
         await interaction.response.defer(thinking=True)
         limits = await self.bot.db(store.ingest_limits, ws["id"])
-        lines = []
+        lines, added = [], False
         for att in [a for a in (image, image2, image3, image4) if a is not None]:
-            lines.append(f"`{render.code(att.filename)}`: " + await self._add_one(ws["id"], label, att, limits,
-                                                                    str(interaction.user.id)))
+            line, ok = await self._add_one(ws["id"], label, att, limits, str(interaction.user.id))
+            lines.append(f"`{render.code(att.filename)}`: {line}")
+            added = added or ok
         await interaction.followup.send(f"{interaction.user.mention} → **{render.plain(label)}**\n" + "\n".join(lines))
+        if added:
+            self.bot.step_done(ws["id"], "gather", interaction.channel)
 
-    async def _add_one(self, workshop_id: int, label: str, att: discord.Attachment, limits, who: str) -> str:
+    async def _add_one(self, workshop_id: int, label: str, att: discord.Attachment, limits,
+                       who: str) -> tuple[str, bool]:
+        """(what became of the photo, whether it was added)."""
         if att.size > limits.max_bytes:
-            return f"refused: {att.size / 1e6:.1f} MB is over the {limits.max_bytes / 1e6:.0f} MB limit."
+            return f"refused: {att.size / 1e6:.1f} MB is over the {limits.max_bytes / 1e6:.0f} MB limit.", False
         try:
             data = await att.read()
         except discord.HTTPException as exc:
-            return f"refused: Discord did not send the file ({exc.status}); try again."
+            return f"refused: Discord did not send the file ({exc.status}); try again.", False
         outcome = await self.bot.in_pool(ingest, data, str(self.bot.store.images_dir), limits=limits)
         meta = ImageMeta(source="upload", title=att.filename[:200], added_by=who)
         outcome = await self.bot.db(self.bot.store.add_image, workshop_id, label, outcome, meta)
         if outcome.ok:
-            return f"added as image {outcome.image_id}."
-        return f"refused: {REJECT_REASONS.get(outcome.reason, outcome.reason)} ({outcome.detail})."
+            return f"added as image {outcome.image_id}.", True
+        return f"refused: {REJECT_REASONS.get(outcome.reason, outcome.reason)} ({outcome.detail}).", False
 
     # ---------------------------------------------------------- /images show and /credits
 
@@ -182,6 +189,7 @@ class Images(commands.Cog):
         await interaction.followup.send(f"The latest {len(picked)} of {len(rows)} images labelled "
                                         f"**{render.plain(rows[0]['label'])}**.",
                                         file=discord.File(io.BytesIO(png), "preview.png"))
+        self.bot.step_done(ws["id"], "look", interaction.channel)
 
     @app_commands.command(name="credits", description="Who made the workshop's images, and their licences")
     @app_commands.guild_only()

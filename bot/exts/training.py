@@ -24,11 +24,17 @@ from imgcls.runs import RunParams, prepare_run, record_outcome
 from imgcls.train import train
 from imgcls.types import ARCHS, Progress, to_plain
 
-from .. import render
+from imgcls.interpret import side_by_side
+
+from .. import embeds, render
 from ..checks import host_only, workshop_here
 from ..queue import Job, TrainQueue
+from .guide import as_embeds
 
 log = logging.getLogger(__name__)
+
+#: A run's pictures, posted with its results: (artefact, file name suffix).
+RESULT_PICTURES = (("confusion", "confusion"), ("top_losses", "top-losses"), ("learning_curve", "learning-curve"))
 
 
 class RunView:
@@ -238,19 +244,27 @@ class Training(commands.Cog):
         await self.post_results(channel, run, mention=mention, requester=job.payload["requester"])
         parent = job.payload.get("parent")
         if parent:
-            changes = await self.bot.db(self.bot.board.changes_since, run["workshop_id"], parent["created_at"])
-            diff = compare_runs(parent, run)
-            # both matrices over the same images when the job scored the old model on them
-            before = (self._png(run, "before_confusion", f"before-run{parent['id']}-confusion.png") if diff else None) \
-                or self._png(parent, "confusion", f"before-run{parent['id']}-confusion.png")
-            files = [f for f in (before, self._png(run, "confusion", f"after-run{run['id']}-confusion.png")) if f]
-            await channel.send(render.before_after(parent, run, changes, diff), files=files)
+            await self._post_before_after(channel, parent, run)
+        self.bot.step_done(run["workshop_id"], "retrain" if parent else "train", channel)
 
-    def _png(self, run: dict, key: str, name: str) -> Optional[discord.File]:
+    async def _post_before_after(self, channel: Any, parent: dict, run: dict) -> None:
+        """Both confusion matrices side by side in one image: over the same images when the job scored the old
+        model on them, else each run's own."""
+        changes = await self.bot.db(self.bot.board.changes_since, run["workshop_id"], parent["created_at"])
+        diff = compare_runs(parent, run)
+        left = (self._bytes(run, "before_confusion") if diff else None) or self._bytes(parent, "confusion")
+        right = self._bytes(run, "confusion")
+        name, files = f"before-after-run{run['id']}.png", []
+        if left and right:
+            files = [discord.File(io.BytesIO(await self.bot.in_pool(side_by_side, left, right)), name)]
+        shown = embeds.before_after(parent, run, changes, diff, image=name if files else "")
+        await channel.send(embeds=as_embeds(shown), files=files)
+
+    def _bytes(self, run: dict, key: str) -> Optional[bytes]:
         path = (run.get("artefacts") or {}).get(key)
         if not path or not Path(path).is_file():
             return None
-        return discord.File(io.BytesIO(Path(path).read_bytes()), name)
+        return Path(path).read_bytes()
 
     @staticmethod
     def _only(user_id: int) -> discord.AllowedMentions:
@@ -258,16 +272,25 @@ class Training(commands.Cog):
         return discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
                                        users=[discord.Object(int(user_id))])
 
+    def _result_files(self, run: dict) -> tuple[list[discord.File], dict[str, str]]:
+        """The run's pictures as files, and {artefact: attachment name} for the embeds that show them."""
+        files, names = [], {}
+        for key, suffix in RESULT_PICTURES:
+            data = self._bytes(run, key)
+            if data:
+                names[key] = f"run{run['id']}-{suffix}.png"
+                files.append(discord.File(io.BytesIO(data), names[key]))
+        return files, names
+
     async def post_results(self, channel: Any, run: dict, mention: str = "", requester: Optional[int] = None) -> None:
-        files = [f for f in (self._png(run, "confusion", f"run{run['id']}-confusion.png"),
-                             self._png(run, "top_losses", f"run{run['id']}-top-losses.png")) if f]
-        await channel.send(await self._results_text(run, mention), files=files,
+        files, names = self._result_files(run)
+        await channel.send(f"{mention} run {run['id']} finished." if mention else None,
+                           embeds=as_embeds(await self._results_embeds(run, names)), files=files,
                            allowed_mentions=self._only(requester) if requester else discord.AllowedMentions.none())
 
-    async def _results_text(self, run: dict, mention: str = "") -> str:
+    async def _results_embeds(self, run: dict, names: dict[str, str]) -> list[dict]:
         suspects = await self.bot.db(self.bot.suspects.ranking, run["id"])
-        line = render.suspects_line(run, len(suspects))
-        return render.clip(render.run_results(run, mention) + (f"\n{line}" if line else ""))
+        return embeds.run_results(run, suspects=render.suspects_line(run, len(suspects)), files=names)
 
     async def recover(self) -> None:
         """Runs a restart interrupted are marked and announced in their channel."""
@@ -296,9 +319,9 @@ class Training(commands.Cog):
     async def results(self, interaction: discord.Interaction, run: Optional[int] = None) -> None:
         row = await self._run_here(interaction, run)
         await interaction.response.defer(thinking=True)
-        files = [f for f in (self._png(row, "confusion", f"run{row['id']}-confusion.png"),
-                             self._png(row, "top_losses", f"run{row['id']}-top-losses.png")) if f]
-        await interaction.followup.send(await self._results_text(row), files=files)
+        files, names = self._result_files(row)
+        await interaction.followup.send(embeds=as_embeds(await self._results_embeds(row, names)), files=files)
+        self.bot.step_done(row["workshop_id"], "learn", interaction.channel)
 
     async def _run_here(self, interaction: discord.Interaction, run_id: Optional[int]) -> dict:
         ws = await workshop_here(interaction)

@@ -11,8 +11,10 @@ from discord.ext import commands
 from imgcls.errors import InvalidInput, NotFound
 from imgcls.store import parse_labels
 
-from .. import render
+from .. import embeds, render
+from .. import guide as guide_state
 from ..checks import host_only, label_autocomplete, workshop_here
+from .guide import as_embeds
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +30,28 @@ class Workshop(commands.Cog):
     # ---------------------------------------------------------- /workshop
 
     @workshop.command(name="start", description="Start a workshop in this channel with some labels")
-    @app_commands.describe(name="A name for the workshop", labels="Comma-separated labels, e.g. sunflowers, lavender, roses")
+    @app_commands.describe(name="A name for the workshop", labels="Comma-separated labels, e.g. sunflowers, lavender, roses",
+                           guide="Post each next step with what it means, for beginners (default: on)")
     @host_only()
     async def start(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100],
-                    labels: app_commands.Range[str, 1, 1000]) -> None:
+                    labels: app_commands.Range[str, 1, 1000], guide: bool = True) -> None:
         names = parse_labels(labels)
         if len(names) > self.bot.settings.max_labels:
             raise InvalidInput(f"This bot allows at most {self.bot.settings.max_labels} labels; you gave {len(names)}.")
         ws = await self.bot.db(self.bot.store.create_workshop, name, names, guild_id=interaction.guild_id,
                                channel_id=interaction.channel_id, host_id=interaction.user.id)
         got = await self.bot.db(self.bot.store.labels, ws["id"])
-        await interaction.response.send_message(
-            f"Workshop **{render.plain(ws['name'])}** started by {interaction.user.mention} with labels: "
-            f"{', '.join(f'**{render.plain(label)}**' for label in got) or '(none yet: add some with `/labels add`)'}.\n"
-            "Next: a host runs `/images download`, anyone can add photos with `/images add`, then `/train`.")
+        steps = self.bot.guide
+        first = await self.bot.db(guide_state.start, self.bot.store, ws["id"], steps, guide)
+        text = (f"Workshop **{render.plain(ws['name'])}** started by {interaction.user.mention} with labels: "
+                f"{', '.join(f'**{render.plain(label)}**' for label in got) or '(none yet: add some with `/labels add`)'}.")
+        if not guide:
+            await interaction.response.send_message(
+                text + "\nNext: a host runs `/images download`, anyone can add photos with `/images add`, then "
+                "`/train`. (The guide is off; `/workshop guide on:True` turns it on.)")
+            return
+        shown = embeds.plan(guide_state.plan({}, steps), steps.intro) + embeds.guide_step(first, 1, len(steps.steps))
+        await interaction.response.send_message(text, embeds=as_embeds(shown))
 
     @workshop.command(name="status", description="Labels, image counts, runs, the queue and the model in use")
     async def status(self, interaction: discord.Interaction) -> None:
@@ -71,7 +81,27 @@ class Workshop(commands.Cog):
             names = {str(r["requested_by"]): f"<@{r['requested_by']}>" for r in runs[-3:]
                      if str(r.get("requested_by") or "").isdigit()}
             lines.append("Recent runs:\n" + render.runs_list(runs[-3:], names))
-        await interaction.response.send_message(render.clip("\n".join(lines)))
+        on, _, _ = guide_state.state(ws["settings"])
+        plan = embeds.plan(guide_state.plan(ws["settings"], self.bot.guide), guide_on=on)
+        await interaction.response.send_message(render.clip("\n".join(lines)), embeds=as_embeds(plan))
+
+    @workshop.command(name="guide", description="Turn the guided steps on or off for this workshop")
+    @app_commands.describe(on="True: post each next step with what it means; False: stay quiet")
+    @host_only()
+    async def guide_cmd(self, interaction: discord.Interaction, on: bool) -> None:
+        ws = await workshop_here(interaction)
+        nxt = await self.bot.db(guide_state.switch, self.bot.store, ws["id"], on, self.bot.guide)
+        if not on:
+            await interaction.response.send_message("The guide is off: I won't post the next steps. "
+                                                    "`/workshop status` still shows the plan.")
+            return
+        if nxt is None:
+            await interaction.response.send_message("The guide is on; every step of the plan is done already.")
+            return
+        steps = self.bot.guide
+        await interaction.response.send_message(
+            "The guide is on. Here is what to do next:",
+            embeds=as_embeds(embeds.guide_step(nxt, steps.index(nxt.key) + 1, len(steps.steps))))
 
     async def _where(self) -> dict:
         """The trainer's describe(), without holding up the reply when a GPU cluster is slow to answer."""

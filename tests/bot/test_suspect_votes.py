@@ -8,6 +8,7 @@ from imgcls.store import Store
 from imgcls.suspects import SuspectBook
 from imgcls.types import ImageScore, TrainResult
 
+from ..conftest import shown
 from .conftest import LABELS, make_bot, seed_images
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
@@ -54,7 +55,7 @@ async def test_twenty_suspects_go_up_in_a_thread_and_are_voted_on_there(world, s
     assert order == ids  # best first
     first = sorted(votes, key=lambda m: m.id)[0]
     label = store.image(ids[0])["label"]
-    assert f"image {ids[0]}: labelled *{label}*; the model is 90% sure it is *" in first.content
+    assert f"Image {ids[0]}: labelled *{label}*; the model is 90% sure it is *" in shown(first)
     assert [str(r.emoji) for r in first.reactions] == ["✅", "🗑️", "1️⃣", "2️⃣"]
 
     # nothing is left to post: said privately, with what to do

@@ -10,6 +10,7 @@ import pytest
 from imgcls.cleaning import CleaningBoard
 from imgcls.store import Store
 
+from ..conftest import inline_images, shown
 from .conftest import LABELS, make_bot, photo, seed_images
 
 pytestmark = pytest.mark.simcord(settle_timeout=240)
@@ -44,13 +45,16 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     posted = bot_messages(world)
     status = next(m for m in posted if m.content.startswith("**Run 1**"))
     assert "done, accuracy" in status.content and "epoch" in status.content
-    results = next(m for m in posted if "**Run 1 finished**" in m.content)
+    results = next(m for m in posted if "Run 1 finished" in shown(m))
     assert f"<@{world.host.id}>" in results.content
-    assert "Most confused" in results.content or "No confusions" in results.content
-    assert "Checked all 24 images: " in results.content and "`/clean post`" in results.content
-    assert sorted(a.filename for a in results.attachments) == ["run1-confusion.png", "run1-top-losses.png"]
+    assert "Most confused" in shown(results) and "Accuracy" in shown(results)
+    assert "Checked all 24 images: " in shown(results) and "`/clean post`" in shown(results)
+    assert sorted(a.filename for a in results.attachments) == ["run1-confusion.png", "run1-learning-curve.png",
+                                                                 "run1-top-losses.png"]
     for attachment in results.attachments:
         assert (await attachment.read()).startswith(b"\x89PNG")
+    # the pictures are inline in the embeds: confusion matrix, top losses, learning curve
+    assert inline_images(results) == ["run1-confusion.png", "run1-top-losses.png", "run1-learning-curve.png"]
 
     exported = await world.host.slash(ch, "export")
     if exported.response.attachments:
@@ -62,17 +66,21 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     runs = await world.alice.slash(ch, "runs")
     assert "run 1:" in runs.response.content and "24 images" in runs.response.content
     again = await world.alice.slash(ch, "results")
-    assert len(again.response.attachments) == 2
+    assert len(again.response.attachments) == 3 and "Run 1 finished" in shown(again.response)
 
     # classify: the slash command, the message command and a mention all answer with the top 3
     pred = await world.alice.slash(ch, "predict", image=("mystery.jpg", photo("squares", 777)))
-    assert "model from run 1" in pred.response.content and pred.response.content.count("%") >= 3
+    assert "model from run 1" in shown(pred.response) and shown(pred.response).count("%") >= 3
+    [thumb] = pred.response.attachments  # the pasted image, small, as the answer's thumbnail
+    assert inline_images(pred.response) == [thumb.filename]
     pasted = await world.bob.send(ch, "what is this?", attachments=[("a.jpg", photo("circles", 778))])
     menu = await world.carol.context_menu(ch, "Classify image", pasted)
-    assert "`a.jpg`" in menu.response.content and "model from run 1" in menu.response.content
-    await world.bob.send(ch, f"{env.bot.user.mention} and this?", attachments=[("b.jpg", photo("triangles", 779))])
-    reply = world.channel.last_message
-    assert reply.author.id == env.bot.user.id and "`b.jpg`" in reply.content and "run 1" in reply.content
+    assert "a.jpg" in shown(menu.response) and "model from run 1" in shown(menu.response)
+    mention = await world.bob.send(ch, f"{env.bot.user.mention} and this?",
+                                   attachments=[("b.jpg", photo("triangles", 779))])
+    reply = next(m for m in bot_messages(world) if m.reference and m.reference.message_id == mention.id)
+    assert "b.jpg" in shown(reply) and "run 1" in shown(reply)
+    assert [str(r.emoji) for r in reply.reactions] == ["✅", "❌"]
     not_image = await world.alice.slash(ch, "predict", image=("notes.txt", b"hello"))
     assert not_image.ephemeral and "no image" in not_image.response.content
 
@@ -84,15 +92,16 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     store = Store(settings.data_dir)
     board = CleaningBoard(store)
     cand_first, cand_second = board.by_message(first.id), board.by_message(second.id)
-    assert cand_first["reason"] and cand_first["reason"] in first.content
-    assert f"image {cand_first['image_id']}: " in first.content
+    assert cand_first["reason"] and cand_first["reason"] in shown(first)
+    assert f"Image {cand_first['image_id']}: " in shown(first)
     posted = [board.by_message(m.id)["image_id"] for m in (first, second, third)]
     assert set(posted) & set(flipped), (posted, flipped)  # the mislabelled images are found
     # keep, delete and a number for each other label (its own label would mean keep)
     assert [str(r.emoji) for r in first.reactions] == ["✅", "🗑️", "1️⃣", "2️⃣"]
     assert cand_first["legend"] == [x for x in LABELS if x != cand_first["label"]]
     assert first.attachments[0].filename.startswith("image-")
-    assert f"1️⃣ {cand_first['legend'][0]}" in first.content
+    assert inline_images(first) == [first.attachments[0].filename]
+    assert f"1️⃣ {cand_first['legend'][0]}" in shown(first)
 
     await world.alice.react(first, "🗑️")
     await world.bob.react(first, "🗑️")
@@ -111,8 +120,8 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     await env.start()
     await env.bot.recovered.wait()
     plain = await world.carol.send(ch, "look at mine", attachments=[("c.jpg", photo("squares", 780))])
-    auto = world.channel.last_message
-    assert auto.author.id == env.bot.user.id and "`c.jpg`" in auto.content and auto.reference.message_id == plain.id
+    auto = next(m for m in bot_messages(world) if m.reference and m.reference.message_id == plain.id)
+    assert "c.jpg" in shown(auto)
     assert board.votes(cand_second["id"]) == {str(world.alice.id): {f"label:{target}"},
                                               str(world.bob.id): {f"label:{target}"}}
 
@@ -139,10 +148,12 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     store.delete_image(deleted["workshop_id"], first_row["image_id"], who="host", why="blurry")
     re = await world.host.slash(ch, "retrain")
     assert "run 2" in re.response.content and "Retraining" in re.response.content
-    compare = next(m for m in bot_messages(world) if m.content.startswith("**Before/after cleaning**"))
-    assert "run 1" in compare.content and "run 2" in compare.content and "24 → 23 images" in compare.content
-    assert f"image {first_row['image_id']}: deleted" in compare.content
-    assert sorted(a.filename for a in compare.attachments) == ["after-run2-confusion.png", "before-run1-confusion.png"]
+    compare = next(m for m in bot_messages(world) if shown(m).startswith("Before/after cleaning"))
+    text = shown(compare)
+    assert "run 1" in text and "run 2" in text and "24 → 23 images" in text
+    assert f"#{first_row['image_id']} deleted" in text
+    [pair] = compare.attachments  # both confusion matrices side by side, in one picture
+    assert inline_images(compare) == ["before-after-run2.png"]
     store.close()
 
 

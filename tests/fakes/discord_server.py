@@ -46,6 +46,7 @@ for a component interaction, @original is the message the component is on. An ex
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import io
 import json
@@ -59,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from simcord.components import ComponentValidationError, validate_embeds  # Discord's embed limits
 
 DISCORD_EPOCH = 1420070400000
 EPHEMERAL, LOADING = 1 << 6, 1 << 7
@@ -889,16 +891,43 @@ class FakeDiscord:
                 out.append(self._upload(channel, by_index[aid], entry.get("description")))
         return out
 
+    @staticmethod
+    def _embeds(embeds: list[dict], attachments: list[Attachment]) -> list[dict]:
+        """Embeds as Discord stores them: refused (400, 50035) beyond Discord's limits, and each `attachment://name`
+        image or thumbnail pointing at the message's file of that name, by its CDN URL. A name the message has no
+        file for is refused here (Discord leaves the picture out), so a test sees the mistake."""
+        try:
+            validate_embeds(embeds)
+        except ComponentValidationError as exc:
+            raise DiscordError(400, 50035, f"Invalid Form Body: {exc}") from None
+        by_name = {a.filename: a for a in attachments}
+        out = copy.deepcopy(embeds)
+        for n, embed in enumerate(out):
+            for key in ("image", "thumbnail"):
+                media = embed.get(key) or {}
+                url = str(media.get("url") or "")
+                if not url.startswith("attachment://"):
+                    continue
+                found = by_name.get(url.removeprefix("attachment://"))
+                if found is None:
+                    raise DiscordError(400, 50035, f"Invalid Form Body: embeds[{n}].{key}.url: {url} names no file "
+                                                   "of this message")
+                media.update(url=found.url, proxy_url=found.url, width=found.width, height=found.height,
+                             content_type=found.content_type)
+        return out
+
     def _new_message(self, channel: Channel, body: dict, files: list[Upload], interaction: Interaction | None = None,
                      flags: int | None = None) -> Message:
         ref = body.get("message_reference")
         kind = (20 if interaction.payload["data"].get("type", 1) == 1 else 23) if interaction else 19 if ref else 0
-        msg = Message(self.snowflake(), channel, self.bot_user, body.get("content") or "", body.get("embeds") or [],
+        attachments = self._attachments(channel, body, files) or []
+        msg = Message(self.snowflake(), channel, self.bot_user, body.get("content") or "",
+                      self._embeds(body.get("embeds") or [], attachments),
                       flags=int(body.get("flags") or 0) if flags is None else flags,
                       components=body.get("components") or [], interaction=interaction, type=kind,
                       reference={k: str(ref[k]) for k in ("message_id", "channel_id", "guild_id") if k in ref}
                       if ref else None)
-        msg.attachments = self._attachments(channel, body, files) or []
+        msg.attachments = attachments
         msg.mentions = self._mentions(msg.content)
         self._messages[msg.id] = msg
         self._publish(msg)
@@ -906,13 +935,17 @@ class FakeDiscord:
 
     def _edit(self, msg: Message, body: dict, files: list[Upload]) -> Message:
         was_loading = msg.loading
+        if len(body.get("content") or "") > 2000:
+            raise DiscordError(400, 50035, "Invalid Form Body: content: Must be 2000 or fewer in length.")
+        attachments = self._attachments(msg.channel, body, files, msg.attachments)
+        attachments = msg.attachments if attachments is None else attachments
+        embeds = self._embeds(body.get("embeds") or [], attachments) if "embeds" in body else msg.embeds
         msg.content = body.get("content") or "" if "content" in body else msg.content
-        msg.embeds = body.get("embeds") or [] if "embeds" in body else msg.embeds
+        msg.embeds = embeds
         msg.components = body.get("components") or [] if "components" in body else msg.components
         keep = msg.flags & EPHEMERAL
         msg.flags = keep | (int(body.get("flags") or 0) if "flags" in body else msg.flags) & ~(EPHEMERAL | LOADING)
-        attachments = self._attachments(msg.channel, body, files, msg.attachments)
-        msg.attachments = msg.attachments if attachments is None else attachments
+        msg.attachments = attachments
         msg.mentions = self._mentions(msg.content)
         msg.edited_timestamp = None if was_loading else iso()
         self._publish(msg, "MESSAGE_UPDATE")
