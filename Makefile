@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install bench clean-venv
+.PHONY: run test install bench demo clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# A whole guided workshop against a local Discord: no token, no account. Writes ./demo/.
+demo: $(STAMP)
+	$(PY) -m tests.e2e.demo
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py

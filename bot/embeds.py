@@ -237,22 +237,22 @@ def guide_step(step: Any, number: int, total: int, top: Sequence[Any] = (), intr
     e = {"title": f"Step {number} of {total}: {step.title}", "description": desc, "color": BLUE}
     if done:
         e["author"] = {"name": done}
-    if top:
+    if top_three(top):
         e["fields"] = [_field("Top helpers so far", top_three(top))]
     return fit([e])
 
 
 def finale(text: str, top: Sequence[Any] = ()) -> list[dict[str, Any]]:
     e = {"title": "Workshop complete 🎉", "description": text, "color": GREEN}
-    if top:
+    if top_three(top):
         e["fields"] = [_field("Top helpers", top_three(top))]
     return fit([e])
 
 
 def top_three(rows: Sequence[Any]) -> str:
     medals = ("🥇", "🥈", "🥉")
-    return "\n".join(f"{medals[i]} <@{int(r.user_id)}> {r.points} pts" for i, r in enumerate(rows[:3])
-                     if str(r.user_id).isdigit())
+    shown = [r for r in rows if r.points > 0 and str(r.user_id).isdigit()][:3]
+    return "\n".join(f"{medal} <@{int(r.user_id)}> {r.points} pts" for medal, r in zip(medals, shown))
 
 
 def plan_value(plan: Sequence[tuple[Any, str]]) -> str:

@@ -130,13 +130,22 @@ def render_learning_curve(epochs: Sequence[dict], title: str = "Learning curve")
     return _png(fig)
 
 
-def side_by_side(left_png: bytes, right_png: bytes, gap: int = 24) -> bytes:
-    """Two PNGs in one image, left and right, top-aligned on white (before and after confusion matrices)."""
+def side_by_side(left_png: bytes, right_png: bytes, captions: Sequence[str] = ("Before", "After"),
+                 gap: int = 24) -> bytes:
+    """Two PNGs in one image, left and right, top-aligned on white under a caption each (before and after
+    confusion matrices)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=22)
+    band = 40
     with Image.open(io.BytesIO(left_png)) as a, Image.open(io.BytesIO(right_png)) as b:
         a, b = a.convert("RGB"), b.convert("RGB")
-        out = Image.new("RGB", (a.width + gap + b.width, max(a.height, b.height)), "white")
-        out.paste(a, (0, 0))
-        out.paste(b, (a.width + gap, 0))
+        out = Image.new("RGB", (a.width + gap + b.width, band + max(a.height, b.height)), "white")
+        out.paste(a, (0, band))
+        out.paste(b, (a.width + gap, band))
+    draw = ImageDraw.Draw(out)
+    for x, width, caption in ((0, a.width, captions[0]), (a.width + gap, b.width, captions[1])):
+        draw.text((x + width / 2, band / 2), caption, fill="#111111", font=font, anchor="mm")
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

@@ -256,7 +256,8 @@ class Training(commands.Cog):
         right = self._bytes(run, "confusion")
         name, files = f"before-after-run{run['id']}.png", []
         if left and right:
-            files = [discord.File(io.BytesIO(await self.bot.in_pool(side_by_side, left, right)), name)]
+            captions = (f"Before: run {parent['id']}", f"After cleaning: run {run['id']}")
+            files = [discord.File(io.BytesIO(await self.bot.in_pool(side_by_side, left, right, captions)), name)]
         shown = embeds.before_after(parent, run, changes, diff, image=name if files else "")
         await channel.send(embeds=as_embeds(shown), files=files)
 

@@ -84,8 +84,9 @@ async def answer_to(fake, chan, pasted) -> Any:
 
 
 async def guided_workshop(fake, bot, chan, people: People, *, per_label: int, size: int, epochs: int,
-                          lag: Any = None) -> dict:
-    """Run the scenario; returns its figures (acknowledgement times, latencies, messages posted)."""
+                          lag: Any = None, exact_download: bool = True) -> dict:
+    """Run the scenario; returns its figures (acknowledgement times, latencies, messages posted).
+    exact_download=False: the real web may leave a label short of `per_label` (the demo against Openverse)."""
     host, alice, bob, carol = people.host, people.alice, people.bob, people.carol
     metrics: dict = {}
     acks = []
@@ -101,7 +102,7 @@ async def guided_workshop(fake, bot, chan, people: People, *, per_label: int, si
     ix, ack = await timed_ack(fake, host, chan, "images download", {"per_label": per_label})
     acks.append(ack)
     done = await fake.wait_for(by_bot(fake, chan, "**Download finished**"), LONG)
-    assert done.content.count(f"{per_label}/{per_label}") == 3, done.content
+    assert done.content.count(f"{per_label}/{per_label}") == 3 or not exact_download, done.content
     await fake.wait_for(by_bot(fake, chan, "Step 2 of 8: Look at them"), 30)
     ix, ack = await timed_ack(fake, alice, chan, "images show", {"label": "circles"})
     acks.append(ack)
@@ -183,8 +184,8 @@ async def guided_workshop(fake, bot, chan, people: People, *, per_label: int, si
     acks.append(ack)
     compare = await fake.wait_for(by_bot(fake, chan, "Before/after cleaning"), LONG)
     assert list(pictures(compare)) == ["before-after-run2.png"]
-    n = 3 * per_label
-    assert f"{n} → {n - 1} images" in shown(compare) and " deleted" in shown(compare)
+    n = sum(int(x) for x in re.findall(r"(\d+)/\d+", done.content))  # what the download stored
+    assert f"{n} → {n - 1} images" in shown(compare) and " deleted" in shown(compare), shown(compare)
     await fake.wait_for(by_bot(fake, chan, "Step 8 of 8: Stump the model"), 30)
 
     # 9. pasted images are classified; the second and later are warm

@@ -85,8 +85,25 @@ STATS = web.AppKey("stats", Stats)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def shape_bytes(name: str, size: int = 256, quality: int = 85) -> bytes | None:
+    """A generated picture of the shape a path's first part names ("circles/…"), or None for another name. As on
+    the real web, about one result in six shows another shape: the mistakes a workshop cleans up."""
+    from tests.conftest import CLASSES, jpeg_bytes, make_image
+
+    kind = name.split("/", 1)[0]
+    if kind not in CLASSES:
+        return None
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    if seed % 6 == 0:
+        kinds = list(CLASSES)
+        kind = kinds[(kinds.index(kind) + 1) % len(kinds)]
+    return jpeg_bytes(make_image(kind, seed, size), quality)
+
+
 def make_app(*, latency: float = 0.0, size: int = 256, quality: int = 85, slow: float = 30.0,
-             huge_bytes: int = 256 * 1024 * 1024) -> web.Application:
+             huge_bytes: int = 256 * 1024 * 1024, shapes: bool = False) -> web.Application:
+    """shapes=True: /img/circles/… (squares, triangles) shows that shape, so a model can learn the labels (the
+    demo); otherwise every image is smooth colour noise, distinct per name."""
     stats = Stats(slow=slow)
 
     @web.middleware
@@ -103,7 +120,7 @@ def make_app(*, latency: float = 0.0, size: int = 256, quality: int = 85, slow: 
         return web.Response(body=body, content_type="image/jpeg")
 
     async def img(request: web.Request) -> web.Response:
-        return jpeg(request)
+        return jpeg(request, shape_bytes(request.match_info["name"], size, quality) if shapes else None)
 
     async def tiny(request: web.Request) -> web.Response:
         return jpeg(request, image_bytes(request.match_info["name"], 10, quality))
