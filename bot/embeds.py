@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from imgcls.cleaning import RELABEL
 
-from .render import choice_emoji, code, epoch_table, plain, seconds
+from .render import choice_emoji, code, epoch_table, flat, plain, seconds
 
 # Discord's limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits)
 TITLE, DESCRIPTION, FIELDS, FIELD_NAME, FIELD_VALUE, FOOTER, AUTHOR, TOTAL, PER_MESSAGE = (
@@ -65,24 +65,42 @@ def fit(embeds: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             e["author"] = {**e["author"], "name": _cut(e["author"].get("name"), AUTHOR)}
         out.append(e)
     while size(out) > TOTAL:
-        over = size(out) - TOTAL
-        e = next((e for e in reversed(out) if e.get("fields") or e.get("description")), None)
-        if e is None:
-            break
-        if e.get("fields"):
-            f = e["fields"][-1]
-            if len(f["value"]) > over + 1 and len(f["value"]) > 40:
+        _shrink(out, size(out) - TOTAL)
+    return out
+
+
+def _shrink(out: list[dict[str, Any]], over: int) -> None:
+    """Take `over` characters (or as many as one step can) off the end: a whole later embed, then the last embed's
+    last field, its description, footer, author and at last its title."""
+    last = out[-1]
+    if len(out) > 1 and (size(out[:-1]) >= TOTAL or size([last]) <= over):
+        out.pop()
+        return
+    for key in ("fields", "description", "footer", "author", "title"):
+        if not last.get(key):
+            continue
+        if key == "fields":
+            f = last["fields"][-1]
+            if len(f["value"]) > over + 40:
                 f["value"] = _cut(f["value"], len(f["value"]) - over)
             else:
-                e["fields"].pop()
-                if not e["fields"]:
-                    del e["fields"]
+                last["fields"].pop()
+                if not last["fields"]:
+                    del last["fields"]
+            return
+        holder, name = (last[key], "text" if key == "footer" else "name") if key in ("footer", "author") else (last, key)
+        text = holder[name]
+        if len(text) > over + 1:
+            holder[name] = _cut(text, len(text) - over)
+        elif key in ("footer", "author"):
+            del last[key]
         else:
-            d = e["description"]
-            e["description"] = _cut(d, max(1, len(d) - over)) if len(d) > over + 1 else "…"
-            if len(d) <= over + 1:
-                break
-    return out
+            holder[name] = "…"
+            if key == "title" and len(out) > 1:
+                out.pop()
+        return
+    if len(out) > 1:
+        out.pop()
 
 
 def _field(name: str, value: str, inline: bool = False) -> dict[str, Any]:
@@ -200,7 +218,7 @@ def candidate(cand: Mapping[str, Any], legend: Sequence[str], credit: str = "", 
     if image:
         e["image"] = {"url": attach(image)}
     if credit:
-        e["footer"] = {"text": plain(credit)}
+        e["footer"] = {"text": flat(credit)}
     return fit([e])
 
 
@@ -214,7 +232,7 @@ def prediction(pred: Any, threshold: float, name: str = "", image: str = "") -> 
              else f"Not sure: my best guess is {plain(pred.label)} ({pred.probability:.0%})")
     rows = "\n".join(f"{i + 1}. **{plain(label)}** {_bar(p)} {p:.1%}" for i, (label, p) in enumerate(pred.top))
     e = {"title": title, "description": rows, "color": BLUE if sure else GREY,
-         "footer": {"text": (f"{name[:80]} · " if name else "") + f"model from run {pred.run_id} · react "
+         "footer": {"text": (f"{flat(name[:80])} · " if name else "") + f"model from run {pred.run_id} · react "
                             f"{RIGHT_EMOJI} right or {WRONG_EMOJI} wrong"}}
     if image:
         e["thumbnail"] = {"url": attach(image)}

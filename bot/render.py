@@ -43,6 +43,12 @@ def _inert(text: str) -> str:
     return _MARKDOWN.sub(r"\\\1", text).replace("@", "@" + ZWSP).replace("<", "<" + ZWSP)
 
 
+def flat(text: Any) -> str:
+    """User text where Discord draws no markdown (embed footers): mentions and channel links broken with a
+    zero-width space, nothing escaped (a backslash would show)."""
+    return str(text).replace("@", "@" + ZWSP).replace("<", "<" + ZWSP)
+
+
 def code(text: Any) -> str:
     """User-supplied text inside a code block or `inline code`: it cannot close the block, or ping."""
     return str(text).replace("`", "ˋ").replace("@", "@" + ZWSP)

@@ -306,7 +306,7 @@ class Classify(commands.Cog):
         self.open[message.id] = row["id"]
         choices = _choices(row["legend"])
         async with self._locks.setdefault(row["id"], asyncio.Lock()):
-            votes: dict[str, set[str]] = {}
+            picks: list[tuple[str, str]] = []
             wrong = False
             for reaction in message.reactions:
                 emoji = str(reaction.emoji)
@@ -317,12 +317,16 @@ class Classify(commands.Cog):
                         continue
                     if emoji == embeds.WRONG_EMOJI:
                         wrong = True
-                    elif choices[emoji] == KEEP or row["status"] == "asking":
-                        votes.setdefault(str(user.id), set()).add(choices[emoji])
-            await self.bot.db(self.bot.stumpers.set_votes, row["id"], votes)
-            if wrong and await self.bot.db(self.bot.stumpers.ask, row["id"]):
+                    else:
+                        picks.append((str(user.id), choices[emoji]))
+            if wrong and await self.bot.db(self.bot.stumpers.ask, row["id"]):  # someone said wrong while offline
                 row = await self.bot.db(self.bot.stumpers.get, row["id"])
                 await self._ask(row, channel.id)
+            votes: dict[str, set[str]] = {}
+            for user, choice in picks:  # a number counts once the legend is up, as it does live
+                if choice == KEEP or row["status"] == "asking":
+                    votes.setdefault(user, set()).add(choice)
+            await self.bot.db(self.bot.stumpers.set_votes, row["id"], votes)
             await self._settle(row["id"], channel.id)
 
 
