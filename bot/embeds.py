@@ -248,7 +248,7 @@ def _bar(p: float, width: int = 10) -> str:
 
 
 def guide_step(step: Any, number: int, total: int, top: Sequence[Any] = (), intro: str = "",
-               done: str = "") -> list[dict[str, Any]]:
+               done: str = "", names: Mapping[str, str] = {}) -> list[dict[str, Any]]:
     """The next step of the plan: what to do, the command, what it means; the top three so far, briefly."""
     command = f"`{step.command}`" + (" (a host)" if step.who == "host" else "")
     desc = "\n\n".join(x for x in (intro, f"{step.do}\n{command}", step.why) if x)
@@ -256,21 +256,28 @@ def guide_step(step: Any, number: int, total: int, top: Sequence[Any] = (), intr
     if done:
         e["author"] = {"name": done}
     if top_three(top):
-        e["fields"] = [_field("Top helpers so far", top_three(top))]
+        e["fields"] = [_field("Top helpers so far", top_three(top, names))]
     return fit([e])
 
 
-def finale(text: str, top: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def finale(text: str, top: Sequence[Any] = (), names: Mapping[str, str] = {}) -> list[dict[str, Any]]:
     e = {"title": "Workshop complete 🎉", "description": text, "color": GREEN}
     if top_three(top):
-        e["fields"] = [_field("Top helpers", top_three(top))]
+        e["fields"] = [_field("Top helpers", top_three(top, names))]
     return fit([e])
 
 
-def top_three(rows: Sequence[Any]) -> str:
+def who(user_id: str, names: Mapping[str, str]) -> str:
+    """A participant by the name the server shows (escaped: a name is user text), else as a mention, which an
+    embed shows but never pings."""
+    name = names.get(str(user_id))
+    return f"**{plain(name)}**" if name else f"<@{int(user_id)}>"
+
+
+def top_three(rows: Sequence[Any], names: Mapping[str, str] = {}) -> str:
     medals = ("🥇", "🥈", "🥉")
     shown = [r for r in rows if r.points > 0 and str(r.user_id).isdigit()][:3]
-    return "\n".join(f"{medal} <@{int(r.user_id)}> {r.points} pts" for medal, r in zip(medals, shown))
+    return "\n".join(f"{medal} {who(r.user_id, names)} {r.points} pts" for medal, r in zip(medals, shown))
 
 
 def plan_value(plan: Sequence[tuple[Any, str]]) -> str:
@@ -286,7 +293,7 @@ def plan(plan: Sequence[tuple[Any, str]], intro: str = "", guide_on: bool = True
     return fit([e])
 
 
-def leaderboard(rows: Sequence[Any], server: str) -> list[dict[str, Any]]:
+def leaderboard(rows: Sequence[Any], server: str, names: Mapping[str, str] = {}) -> list[dict[str, Any]]:
     """Standings in this server: images kept, votes cast (and agreed), stumpers found."""
     if not rows:
         desc = ("Nobody has scored yet. Add photos with `/images add`, vote on `/clean post` images, and stump the "
@@ -296,7 +303,7 @@ def leaderboard(rows: Sequence[Any], server: str) -> list[dict[str, Any]]:
         for n, r in enumerate(rows, 1):
             if not str(r.user_id).isdigit():
                 continue
-            lines.append(f"**{n}.** <@{int(r.user_id)}> · **{r.points}** pts · {r.images} image"
+            lines.append(f"**{n}.** {who(r.user_id, names)} · **{r.points}** pts · {r.images} image"
                          f"{'s' if r.images != 1 else ''} · {r.votes} vote{'s' if r.votes != 1 else ''} "
                          f"({r.agreed} agreed) · {r.stumpers} stumper{'s' if r.stumpers != 1 else ''}")
         desc = "\n".join(lines)

@@ -341,6 +341,8 @@ def stumper_text(row: dict, quorum: int, votes: Optional[dict] = None, note: str
     """The answer's text once someone said it is wrong: the legend, the tally, what became of the image."""
     if row["status"] == "open" and not note:
         return ""
+    if row["status"] in ("added", "refused") and note:  # settled: what became of it, not the question
+        return note
     legend = " · ".join(f"{e} {render.plain(c[len(RELABEL):])}" for e, c in render.choice_emoji(row["legend"]).items()
                         if c.startswith(RELABEL))
     lines = [f"Someone says that's wrong. **Which label is it?** React {legend}. When {quorum} of you agree, it "

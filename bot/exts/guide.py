@@ -29,30 +29,51 @@ def as_embeds(items: list[dict]) -> list[discord.Embed]:
 class Guide(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
+        self._names: dict[tuple[int, str], str] = {}  # (guild, user) -> the name the server shows
 
     async def top(self, guild_id: int, n: int = 3) -> list:
         return await self.bot.db(leaderboard, self.bot.store, guild_id, n)
+
+    async def names(self, guild: Any, rows: list) -> dict[str, str]:
+        """Display names of the people in `rows`, fetched one member at a time (no privileged intent needed) and
+        remembered; anyone who cannot be fetched (they left) is shown as a mention."""
+        out = {}
+        for r in rows:
+            key = (guild.id, str(r.user_id))
+            if key not in self._names and str(r.user_id).isdigit():
+                member = guild.get_member(int(r.user_id))
+                try:
+                    member = member or await guild.fetch_member(int(r.user_id))
+                except discord.HTTPException:
+                    continue
+                self._names[key] = member.display_name
+            if key in self._names:
+                out[str(r.user_id)] = self._names[key]
+        return out
 
     async def step_done(self, workshop_id: int, event: str, channel: Any) -> None:
         guide = self.bot.guide
         news = await self.bot.db(advance, self.bot.store, workshop_id, event, guide)
         if news.post is None and not news.finished:
             return
-        guild_id = getattr(getattr(channel, "guild", None), "id", None)
-        top = await self.top(guild_id) if guild_id else []
+        guild = getattr(channel, "guild", None)
+        top = await self.top(guild.id) if guild is not None else []
+        names = await self.names(guild, top) if top else {}
         if news.finished:
-            await channel.send(embeds=as_embeds(embeds.finale(guide.finale, top)))
+            await channel.send(embeds=as_embeds(embeds.finale(guide.finale, top, names)))
             return
         n = guide.index(news.post.key)
         done = f"✅ Done: {guide.steps[n - 1].title}" if n else ""
-        await channel.send(embeds=as_embeds(embeds.guide_step(news.post, n + 1, len(guide.steps), top, done=done)))
+        await channel.send(embeds=as_embeds(embeds.guide_step(news.post, n + 1, len(guide.steps), top, done=done,
+                                                              names=names)))
 
     @app_commands.command(name="leaderboard", description="Who helped most in this server: images, votes, stumpers")
     @app_commands.guild_only()
     async def leaderboard_cmd(self, interaction: discord.Interaction) -> None:
         rows = await self.top(interaction.guild_id, 10)
-        name = interaction.guild.name if interaction.guild else "this server"
-        await interaction.response.send_message(embeds=as_embeds(embeds.leaderboard(rows, name)),
+        await interaction.response.defer(thinking=True)  # fetching names may take a moment
+        names = await self.names(interaction.guild, rows)
+        await interaction.followup.send(embeds=as_embeds(embeds.leaderboard(rows, interaction.guild.name, names)),
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 

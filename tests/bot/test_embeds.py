@@ -64,9 +64,10 @@ def test_user_text_in_every_embed_never_mentions_anyone_and_fits(label):
         "before_after_no_diff": embeds.before_after(run(2, labels), run(3, labels), changes, None),
         "candidate": embeds.candidate(cand, labels, credit=f"Photo by {label} (CC BY)", image="i.jpg"),
         "prediction": embeds.prediction(pred(labels), 0.6, name=f"{label}.jpg", image="p.jpg"),
-        "guide": embeds.guide_step(guide.steps[0], 1, 8, standing, done="✅ Done: Gather images"),
+        "guide": embeds.guide_step(guide.steps[0], 1, 8, standing, done="✅ Done: Gather images", names={"123": label}),
         "plan": embeds.plan(plan({"done": ["gather"]}, guide), guide.intro),
-        "leaderboard": embeds.leaderboard(standing, server=label),
+        "leaderboard": embeds.leaderboard(standing, server=label, names={"123": label}),
+        "leaderboard_unnamed": embeds.leaderboard(standing, server="School"),
     }
     for name, items in made.items():
         validate_embeds(items)  # Discord's limits, as SimCord checks them
