@@ -146,6 +146,15 @@ def check(s: Settings) -> None:
         raise SettingsError("CONFIDENCE_THRESHOLD must be between 0 and 1.")
     if s.progress_interval < 0 or s.train_timeout <= 0:
         raise SettingsError("PROGRESS_INTERVAL must be >= 0 and TRAIN_TIMEOUT > 0 seconds.")
+    if s.guide_file.strip():
+        from imgcls.errors import InvalidInput
+
+        from .guide import load_guide
+
+        try:
+            load_guide(s.guide_file)
+        except InvalidInput as exc:
+            raise SettingsError(f"GUIDE_FILE: {exc}") from None
 
 
 TOKEN_HELP = """\

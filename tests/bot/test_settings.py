@@ -40,6 +40,7 @@ def test_env_file_then_environment(tmp_path):
     ({"DOWNLOAD_SOURCES": "google"}, "google"),
     ({"MAX_LABELS": "0"}, "MAX_LABELS"),
     ({"MESSAGE_CONTENT_INTENT": "maybe"}, "MESSAGE_CONTENT_INTENT"),
+    ({"GUIDE_FILE": "/nonexistent/guide.toml"}, "GUIDE_FILE: The guide file /nonexistent/guide.toml could not be read"),
 ])
 def test_bad_settings_are_refused_with_the_name(env, needle):
     with pytest.raises(SettingsError, match=needle):
