@@ -22,6 +22,7 @@ TITLE, DESCRIPTION, FIELDS, FIELD_NAME, FIELD_VALUE, FOOTER, AUTHOR, TOTAL, PER_
     256, 4096, 25, 256, 1024, 2048, 256, 6000, 10)
 BLUE, GREEN, ORANGE, GREY, PURPLE = 0x3B82F6, 0x22C55E, 0xF59E0B, 0x94A3B8, 0x8B5CF6
 RIGHT_EMOJI, WRONG_EMOJI = "✅", "❌"
+EPOCH_ROWS = 12  # the last epochs in a results embed: a table of 12 rows fits a field (1,024 characters)
 
 
 def attach(name: str) -> str:
@@ -64,43 +65,39 @@ def fit(embeds: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if e.get("author"):
             e["author"] = {**e["author"], "name": _cut(e["author"].get("name"), AUTHOR)}
         out.append(e)
-    while size(out) > TOTAL:
+    while out and size(out) > TOTAL:
         _shrink(out, size(out) - TOTAL)
     return out
 
 
 def _shrink(out: list[dict[str, Any]], over: int) -> None:
     """Take `over` characters (or as many as one step can) off the end: a whole later embed, then the last embed's
-    last field, its description, footer, author and at last its title."""
+    last field, its description, footer, author and at last its title. Every call removes something, so fit()
+    always ends."""
     last = out[-1]
     if len(out) > 1 and (size(out[:-1]) >= TOTAL or size([last]) <= over):
         out.pop()
         return
-    for key in ("fields", "description", "footer", "author", "title"):
-        if not last.get(key):
+    if last.get("fields"):
+        f = last["fields"][-1]
+        if len(f["value"]) > over + 40 and not f["value"].startswith("```"):  # a code block is never cut open
+            f["value"] = _cut(f["value"], len(f["value"]) - over)
+        else:
+            last["fields"].pop()
+            if not last["fields"]:
+                del last["fields"]
+        return
+    for key, holder, name in (("description", last, "description"), ("footer", last.get("footer"), "text"),
+                              ("author", last.get("author"), "name"), ("title", last, "title")):
+        text = (holder or {}).get(name)
+        if not text:
             continue
-        if key == "fields":
-            f = last["fields"][-1]
-            if len(f["value"]) > over + 40:
-                f["value"] = _cut(f["value"], len(f["value"]) - over)
-            else:
-                last["fields"].pop()
-                if not last["fields"]:
-                    del last["fields"]
-            return
-        holder, name = (last[key], "text" if key == "footer" else "name") if key in ("footer", "author") else (last, key)
-        text = holder[name]
         if len(text) > over + 1:
             holder[name] = _cut(text, len(text) - over)
-        elif key in ("footer", "author"):
-            del last[key]
         else:
-            holder[name] = "…"
-            if key == "title" and len(out) > 1:
-                out.pop()
+            del last[key]
         return
-    if len(out) > 1:
-        out.pop()
+    out.pop()  # nothing left to shorten in it
 
 
 def _field(name: str, value: str, inline: bool = False) -> dict[str, Any]:
@@ -130,7 +127,7 @@ def run_results(run: Mapping[str, Any], *, suspects: str = "", files: Mapping[st
             _field("Images", f"{m.get('n_train', '?')} train · {m.get('n_valid', '?')} valid", True),
             _field("Model", f"{code(params.get('arch', '?'))}, {params.get('size', '?')} px, "
                             f"{seconds(m.get('seconds'))}", True),
-            _field("Epochs", epoch_table(run.get("epochs") or [])),
+            _field("Epochs", epoch_table((run.get("epochs") or [])[-EPOCH_ROWS:])),
             _field("Most confused", confused_value(run.get("most_confused") or [])),
         ],
     }

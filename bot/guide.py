@@ -3,13 +3,13 @@
     guide = load_guide()                                  # bot/guide.toml, or GUIDE_FILE
     news = await bot.db(advance, bot.store, workshop_id, "train", guide)
     if news.post:                                         # a step was finished: post the next one
-        ...render.guide_step(news.post, guide, ...)
+        await channel.send(embeds=...embeds.guide_step(news.post, ...))
+        await bot.db(posted, bot.store, workshop_id, news.post.key)
 
 The texts live in bot/guide.toml so a host can adapt them. The state lives in the workshop's
 settings in the database (`guide`: on or off, `done`: step keys, `posted`: steps announced), so
-a restart neither repeats a step nor loses one. Steps finish in order: an event that finishes a
-later step finishes the earlier ones too (a group that trains without looking first has still
-gathered images), and each step is announced once.
+a restart neither repeats a step nor loses one. Steps finish in order (see CATCH_UP), and each
+step is announced once, recorded after its message went out.
 """
 from __future__ import annotations
 
@@ -74,10 +74,17 @@ def load_guide(path: Optional[str | Path] = None) -> Guide:
 
 @dataclass(frozen=True)
 class News:
-    """What an event changed: the step to announce now (or None), and whether the whole plan just finished."""
+    """What an event changed: the step to announce now (or None), and whether the whole plan just finished. The
+    caller records the announcement with `posted()` once the message is out, so a failed send loses nothing."""
     post: Optional[Step] = None
     finished: bool = False
     changed: bool = False
+
+
+#: Events that finish the steps before theirs too: a group that trains without looking first has still gathered
+#: images. The others (look, learn, try, stump) finish only their own step, and only once the steps before it are
+#: done: a stumper found right after training does not end the workshop.
+CATCH_UP = frozenset({"gather", "train", "clean", "retrain"})
 
 
 def state(settings: dict[str, Any]) -> tuple[bool, list[str], list[str]]:
@@ -93,20 +100,28 @@ def advance(store: Any, workshop_id: int, event: str, guide: Guide) -> News:
         settings = store.workshop(workshop_id)["settings"]
         on, done, posted = state(settings)
         upto = guide.index(event)
-        newly = [s.key for s in guide.steps[: upto + 1] if s.key not in done]
+        before = [s.key for s in guide.steps[:upto] if s.key not in done]
+        if event not in CATCH_UP and before:
+            return News()  # too early for this step: it counts when it happens again
+        newly = before + ([event] if event not in done else [])
         if not newly:
             return News()
         done += newly
-        nxt = next((s for s in guide.steps if s.key not in done), None)
-        post, finished = None, False
-        if nxt is not None and nxt.key not in posted:
-            post = nxt
-            posted.append(nxt.key)
-        elif nxt is None and "finale" not in posted:
-            finished = True
-            posted.append("finale")
-        store.update_workshop_settings(workshop_id, {"done": done, "posted": posted})
-    return News(post if on else None, finished and on, True)
+        store.update_workshop_settings(workshop_id, {"done": done})
+    nxt = next((s for s in guide.steps if s.key not in done), None)
+    if not on:
+        return News(changed=True)
+    if nxt is None:
+        return News(finished="finale" not in posted, changed=True)
+    return News(nxt if nxt.key not in posted else None, changed=True)
+
+
+def posted(store: Any, workshop_id: int, key: str) -> None:
+    """Record that step `key` (or "finale") was announced."""
+    with store.transaction():
+        _, _, keys = state(store.workshop(workshop_id)["settings"])
+        if key not in keys:
+            store.update_workshop_settings(workshop_id, {"posted": keys + [key]})
 
 
 def start(store: Any, workshop_id: int, guide: Guide, on: bool) -> Optional[Step]:

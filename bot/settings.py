@@ -164,9 +164,9 @@ DISCORD_TOKEN is not set, so the bot cannot log in.
    and "Reset Token" to copy the bot's token.
 2. Put it in .env (copy .env.example) as DISCORD_TOKEN=... or export it in the environment.
 3. Invite the bot with the OAuth2 URL generator: scopes "bot" and "applications.commands";
-   bot permissions "Send Messages", "Attach Files", "Add Reactions", "Read Message History",
-   "Create Public Threads" and "Send Messages in Threads" (and "View Channels"). The permissions
-   integer is 309237746752.
+   bot permissions "Send Messages", "Embed Links", "Attach Files", "Add Reactions",
+   "Read Message History", "Create Public Threads" and "Send Messages in Threads" (and
+   "View Channels"). The permissions integer is 309237763136.
 4. Optional: set DEV_GUILD_ID to your test server's id so slash commands appear at once.
    Auto-classifying every posted image also needs the Message Content intent switched on
    under "Bot" and MESSAGE_CONTENT_INTENT=true.

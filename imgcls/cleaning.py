@@ -68,6 +68,45 @@ def decide(votes: Mapping[str, Iterable[str]], current_label: str, quorum: int =
     return Decision(KEEP, voters=voters, votes=n, why="majority keep")
 
 
+class VoteTable:
+    """People's picks on items, one row per (item, person, choice): clean-up votes, and the votes on classify
+    answers (imgcls.stumpers). Use it inside the owner's checks (is the item still open?)."""
+
+    def __init__(self, store: Store, table: str, key: str) -> None:
+        self.store, self.table, self.key = store, table, key
+        with store.transaction():
+            store.db[table].create({key: int, "user_id": str, "choice": str}, pk=(key, "user_id", "choice"),
+                                   if_not_exists=True)
+
+    def votes(self, item_id: int) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for user, choice in self.store.db.conn.execute(
+                f"SELECT user_id, choice FROM [{self.table}] WHERE [{self.key}] = ?", [item_id]):
+            out.setdefault(user, set()).add(choice)
+        return out
+
+    def pick(self, item_id: int, user_id: str, choice: str, on: bool = True) -> None:
+        """Add (or with on=False withdraw) one person's pick."""
+        if on:
+            sql = f"INSERT OR IGNORE INTO [{self.table}] ([{self.key}], user_id, choice) VALUES (?, ?, ?)"
+        else:
+            sql = f"DELETE FROM [{self.table}] WHERE [{self.key}] = ? AND user_id = ? AND choice = ?"
+        with self.store.transaction():
+            self.store.db.conn.execute(sql, [item_id, str(user_id), choice])
+
+    def replace(self, item_id: int, votes: Mapping[str, Iterable[str]]) -> None:
+        """All of an item's votes at once (a recount after a restart, from the reactions)."""
+        with self.store.transaction():
+            self.clear(item_id)
+            for user, choices in votes.items():
+                for choice in set(choices):
+                    self.pick(item_id, str(user), choice)
+
+    def clear(self, item_id: int) -> None:
+        with self.store.transaction():
+            self.store.db.conn.execute(f"DELETE FROM [{self.table}] WHERE [{self.key}] = ?", [item_id])
+
+
 class CleaningBoard:
     """Vote candidates and their votes, kept in the workshop database so a restart loses nothing."""
 
@@ -84,11 +123,10 @@ class CleaningBoard:
             for name, kind in {"kind": str, "score": float, "reason": str}.items():
                 if name not in have:
                     db["clean_candidates"].add_column(name, kind)
-            db["clean_votes"].create({"candidate_id": int, "user_id": str, "choice": str},
-                                     pk=("candidate_id", "user_id", "choice"), if_not_exists=True)
             db["clean_applies"].create(
                 {"id": int, "workshop_id": int, "batch": str, "who": str, "at": str, "summary": str,
                  "undone_at": str}, pk="id", foreign_keys=fk, if_not_exists=True)
+        self.table = VoteTable(store, "clean_votes", "candidate_id")
 
     # ---------------------------------------------------------- candidates
 
@@ -114,7 +152,7 @@ class CleaningBoard:
     def withdraw(self, candidate_id: int) -> None:
         """Forget a candidate whose message never went out (and so has no votes)."""
         with self.store.transaction():
-            self.store.db.execute("DELETE FROM clean_votes WHERE candidate_id = ?", [candidate_id])
+            self.table.clear(candidate_id)
             self.store.db.execute("DELETE FROM clean_candidates WHERE id = ? AND message_id IS NULL", [candidate_id])
 
     def set_message(self, candidate_id: int, message_id: int) -> None:
@@ -166,34 +204,32 @@ class CleaningBoard:
     # ---------------------------------------------------------- votes
 
     def votes(self, candidate_id: int) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for r in self._all("SELECT user_id, choice FROM clean_votes WHERE candidate_id = ?", [candidate_id]):
-            out.setdefault(r["user_id"], set()).add(r["choice"])
-        return out
+        return self.table.votes(candidate_id)
 
     def vote(self, candidate_id: int, user_id: str, choice: str, *, on: bool = True) -> dict[str, set[str]]:
         """Add (or with on=False withdraw) one person's pick; returns all votes on the candidate."""
-        s = self.store
-        with s.transaction():
+        with self.store.transaction():
             if self.candidate(candidate_id)["status"] != "open":
                 raise ConflictError("This vote is closed.")
-            if on:
-                s.db.conn.execute("INSERT OR IGNORE INTO clean_votes (candidate_id, user_id, choice) VALUES (?, ?, ?)",
-                                  [candidate_id, str(user_id), choice])
-            else:
-                s.db.conn.execute("DELETE FROM clean_votes WHERE candidate_id = ? AND user_id = ? AND choice = ?",
-                                  [candidate_id, str(user_id), choice])
+            self.table.pick(candidate_id, user_id, choice, on)
         return self.votes(candidate_id)
 
     def set_votes(self, candidate_id: int, votes: Mapping[str, Iterable[str]]) -> None:
         """Replace a candidate's votes with a fresh count (after a restart, from the reactions)."""
+        self.table.replace(candidate_id, votes)
+
+    def record_added(self, workshop_id: int, image_id: int, label: str, *, who: Optional[str] = None,
+                     why: str = "", extra: Optional[Mapping[str, Any]] = None) -> int:
+        """An image the group agreed to add (a stumper), recorded as a clean-up of its own: `undo_last_apply` sets
+        it aside again. Returns the clean-up's id."""
         s = self.store
         with s.transaction():
-            s.db.conn.execute("DELETE FROM clean_votes WHERE candidate_id = ?", [candidate_id])
-            for user, choices in votes.items():
-                for choice in set(choices):
-                    s.db.conn.execute("INSERT INTO clean_votes (candidate_id, user_id, choice) VALUES (?, ?, ?)",
-                                      [candidate_id, str(user), choice])
+            batch = uuid.uuid4().hex
+            s.record_addition(workshop_id, image_id, batch=batch, who=who, why=why)
+            summary = {"added": 1, "deleted": 0, "relabelled": 0, "kept": 0, **(extra or {}),
+                       "results": [{"image_id": image_id, "action": "add", "label": label}]}
+            return s.db["clean_applies"].insert({"workshop_id": workshop_id, "batch": batch, "who": who, "at": now(),
+                                                 "summary": json.dumps(summary)}).last_pk
 
     # ---------------------------------------------------------- apply and undo
 

@@ -4,8 +4,9 @@
 
 Only this server's workshops count, so nothing is ever shown across servers. Images are the
 participants' own uploads (not web downloads, which a host starts) that are still active
-after cleaning. A vote agreed when the group's decision was a majority and the person had
-picked it; clean-up votes and stumper votes both count.
+after cleaning. A vote agreed when the group's decision was a majority that still stands (not
+undone) and it was the person's only pick; clean-up votes and stumper votes (once someone said
+the answer was wrong) both count.
 """
 from __future__ import annotations
 
@@ -59,25 +60,30 @@ def leaderboard(store: Store, guild_id: Optional[int], limit: int = 10) -> list[
             "AND i.status = 'active' AND i.added_by IS NOT NULL GROUP BY i.added_by", [guild_id]):
         bump(r["user"], "images", r["n"])
         bump(r["user"], "stumpers", r["stumpers"] or 0)
+    # a clean-up vote agreed with a decision that stands: closed by an apply that was not undone
     votes = db.query(
-        "SELECT v.user_id, v.candidate_id AS item, v.choice, c.status, c.decision FROM clean_votes v "
+        "SELECT v.user_id, v.candidate_id AS item, v.choice, c.status, c.decision, a.undone_at FROM clean_votes v "
         "JOIN clean_candidates c ON c.id = v.candidate_id JOIN workshops w ON w.id = c.workshop_id "
-        "WHERE w.guild_id IS ?", [guild_id])
+        "LEFT JOIN clean_applies a ON a.id = c.apply_id WHERE w.guild_id IS ?", [guild_id])
     _count_votes(votes, bump, lambda r: _winner(json.loads(r["decision"])) if r["status"] == "closed"
-                 and r["decision"] else None)
+                 and r["decision"] and not r["undone_at"] else None)
+    # a stumper vote: cast on an answer someone said was wrong (not one a newer model closed); agreed when the image
+    # it added is still in the dataset
     answers = db.query(
-        "SELECT v.user_id, v.stumper_id AS item, v.choice, s.status, s.decision FROM stumper_votes v "
-        "JOIN stumpers s ON s.id = v.stumper_id JOIN workshops w ON w.id = s.workshop_id "
-        "WHERE w.guild_id IS ?", [guild_id]) if "stumpers" in db.table_names() else []
+        "SELECT v.user_id, v.stumper_id AS item, v.choice, s.status, s.decision, i.status AS image_status "
+        "FROM stumper_votes v JOIN stumpers s ON s.id = v.stumper_id JOIN workshops w ON w.id = s.workshop_id "
+        "LEFT JOIN images i ON i.id = s.image_id WHERE w.guild_id IS ? AND s.status IN ('asking', 'added', 'refused')",
+        [guild_id]) if "stumpers" in db.table_names() else []
     _count_votes(answers, bump, lambda r: RELABEL + json.loads(r["decision"])["label"]
-                 if r["status"] == "added" and r["decision"] else None)
-    rows = [Standing(user, **s) for user, s in stats.items()]
+                 if r["status"] == "added" and r["decision"] and r["image_status"] == "active" else None)
+    rows = [Standing(user, **s) for user, s in stats.items() if user.isdigit()]  # Discord ids, not "seed" or "cli"
     rows.sort(key=lambda s: (-s.points, -s.votes, s.user_id))
     return [s for s in rows if s.points or s.votes][:limit]
 
 
 def _count_votes(rows, bump, winner) -> None:
-    """Each person's picks on each item: one vote cast per item, agreed when a pick was the winner."""
+    """Each person's picks on each item: one vote cast per item, agreed when the pick was the winner alone (reacting
+    with every choice agrees with nothing)."""
     picks: dict[tuple[str, int], tuple[set[str], Optional[str]]] = {}
     for r in rows:
         key = (r["user_id"], r["item"])
@@ -86,7 +92,7 @@ def _count_votes(rows, bump, winner) -> None:
         picks[key][0].add(r["choice"])
     for (user, _), (chosen, won) in picks.items():
         bump(user, "votes")
-        if won is not None and won in chosen:
+        if won is not None and chosen == {won}:
             bump(user, "agreed")
 
 

@@ -505,6 +505,13 @@ class Store:
                                       "action": action, "field": field, "old": old, "new": new, "who": who,
                                       "why": why, "at": now(), "undoes": undoes})
 
+    def record_addition(self, workshop_id: int, image_id: int, *, batch: str, who: Optional[str] = None,
+                        why: str = "") -> int:
+        """Audit an image the group agreed to add, so an undo of `batch` sets it aside (status back to deleted)."""
+        with self.transaction():
+            self._image_in(workshop_id, image_id)
+            return self._audit(workshop_id, image_id, batch, "add", "status", "deleted", "active", who, why)
+
     def delete_image(self, workshop_id: int, image_id: int, *, who: Optional[str] = None, why: str = "") -> int:
         return self.delete_images(workshop_id, [image_id], who=who, why=why)[0]
 

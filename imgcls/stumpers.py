@@ -9,9 +9,9 @@
     outcome = book.add_to_dataset(sid, ingested, decision.label, who="7")   # an upload, marked as a stumper
     board.undo_last_apply(workshop_id)               # the host takes it back like any clean-up
 
-The pasted bytes are kept (content-addressed, under data_dir/pasted/) from the moment the
-answer is posted, so a vote that ends after a restart, or after Discord's attachment link
-has expired, still has its image. Votes are distinct people's reactions, as for clean-up
+The pasted bytes are kept (content-addressed, under data_dir/pasted/) while the answer takes
+votes, so a vote that ends after a restart, or after Discord's attachment link has expired,
+still has its image; they are deleted when it closes (a newer model, a day, or a decision). Votes are distinct people's reactions, as for clean-up
 votes; an image joins the dataset only when a quorum agrees on one label, through ingest
 and the store's own checks, recorded as the upload of the person who pasted it.
 """
@@ -21,10 +21,11 @@ import hashlib
 import json
 import logging
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from .cleaning import KEEP, RELABEL, CleaningBoard, Decision, decide
+from .cleaning import KEEP, RELABEL, CleaningBoard, Decision, VoteTable, decide
 from .errors import ConflictError, NotFound
 from .store import Store, now
 from .types import ImageMeta, IngestOutcome
@@ -32,8 +33,8 @@ from .types import ImageMeta, IngestOutcome
 log = logging.getLogger(__name__)
 
 #: open: answered, nobody said wrong yet; asking: someone said wrong, the legend is up; added: it joined the
-#: dataset; refused: ingest or the store refused it (a duplicate, say).
-STATUSES = ("open", "asking", "added", "refused")
+#: dataset; refused: ingest or the store refused it (a duplicate, say); closed: a newer model, or time, ended it.
+STATUSES = ("open", "asking", "added", "refused", "closed")
 
 
 class StumperBook:
@@ -52,8 +53,7 @@ class StumperBook:
                  "created_at": str},
                 pk="id", foreign_keys=fk, not_null={"status"}, defaults={"status": "open"}, if_not_exists=True)
             db["stumpers"].create_index(["message_id"], if_not_exists=True)
-            db["stumper_votes"].create({"stumper_id": int, "user_id": str, "choice": str},
-                                       pk=("stumper_id", "user_id", "choice"), if_not_exists=True)
+        self.table = VoteTable(store, "stumper_votes", "stumper_id")
 
     # ---------------------------------------------------------- answers
 
@@ -89,9 +89,11 @@ class StumperBook:
             self.store.db["stumpers"].update(stumper_id, {"message_id": message_id})
 
     def withdraw(self, stumper_id: int) -> None:
-        """Forget an answer whose message never went out."""
+        """Forget an answer whose message never went out, and its pasted bytes unless another answer needs them."""
         with self.store.transaction():
+            row = self.get(stumper_id)
             self.store.db.execute("DELETE FROM stumpers WHERE id = ? AND message_id IS NULL", [stumper_id])
+            self._forget([row["sha256"]])
 
     def get(self, stumper_id: int) -> dict[str, Any]:
         rows = list(self.store.db.query("SELECT * FROM stumpers WHERE id = ?", [stumper_id]))
@@ -109,6 +111,31 @@ class StumperBook:
             "SELECT s.* FROM stumpers s JOIN workshops w ON w.id = s.workshop_id WHERE s.status IN ('open', 'asking') "
             "AND s.message_id IS NOT NULL AND w.status = 'active' ORDER BY s.id")]
 
+    def close_older(self, workshop_id: int, run_id: int) -> int:
+        """A newer model is in use: answers from older runs stop taking votes. Returns how many closed."""
+        return self._close("workshop_id = ? AND run_id < ?", [workshop_id, run_id])
+
+    def expire(self, hours: float) -> int:
+        """Answers older than `hours` stop taking votes (their pasted images are not kept). Returns how many."""
+        cutoff = (datetime.now(timezone.utc) - timedelta(hours=hours)).isoformat(timespec="milliseconds")
+        return self._close("created_at < ?", [cutoff])
+
+    def _close(self, where: str, params: list) -> int:
+        with self.store.transaction():
+            rows = list(self.store.db.query(f"SELECT id, sha256 FROM stumpers WHERE status IN ('open', 'asking') "
+                                            f"AND {where}", params))
+            for r in rows:
+                self.store.db["stumpers"].update(r["id"], {"status": "closed"})
+            self._forget({r["sha256"] for r in rows})
+        return len(rows)
+
+    def _forget(self, digests: Iterable[str]) -> None:
+        """Delete kept pasted bytes no answer still taking votes needs: nothing pasted is kept longer than that."""
+        for digest in digests:
+            if not list(self.store.db.query("SELECT 1 FROM stumpers WHERE sha256 = ? AND status IN ('open', 'asking') "
+                                            "LIMIT 1", [digest])):
+                self._path(digest).unlink(missing_ok=True)
+
     def ask(self, stumper_id: int) -> bool:
         """Someone said the answer is wrong: the label legend goes up. True the first time only."""
         with self.store.transaction():
@@ -119,34 +146,19 @@ class StumperBook:
     # ---------------------------------------------------------- votes
 
     def votes(self, stumper_id: int) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for r in self.store.db.query("SELECT user_id, choice FROM stumper_votes WHERE stumper_id = ?", [stumper_id]):
-            out.setdefault(r["user_id"], set()).add(r["choice"])
-        return out
+        return self.table.votes(stumper_id)
 
     def vote(self, stumper_id: int, user_id: str, choice: str, *, on: bool = True) -> dict[str, set[str]]:
         """Add (or with on=False withdraw) one person's pick: "keep" (the model was right) or "label:<name>"."""
-        s = self.store
-        with s.transaction():
+        with self.store.transaction():
             if self.get(stumper_id)["status"] not in ("open", "asking"):
                 raise ConflictError("This answer is closed.")
-            if on:
-                s.db.conn.execute("INSERT OR IGNORE INTO stumper_votes (stumper_id, user_id, choice) VALUES (?, ?, ?)",
-                                  [stumper_id, str(user_id), choice])
-            else:
-                s.db.conn.execute("DELETE FROM stumper_votes WHERE stumper_id = ? AND user_id = ? AND choice = ?",
-                                  [stumper_id, str(user_id), choice])
+            self.table.pick(stumper_id, user_id, choice, on)
         return self.votes(stumper_id)
 
     def set_votes(self, stumper_id: int, votes: Mapping[str, Iterable[str]]) -> None:
         """Replace an answer's votes with a fresh count (after a restart, from the reactions)."""
-        with self.store.transaction():
-            self.store.db.conn.execute("DELETE FROM stumper_votes WHERE stumper_id = ?", [stumper_id])
-            for user, choices in votes.items():
-                for choice in set(choices):
-                    self.store.db.conn.execute(
-                        "INSERT INTO stumper_votes (stumper_id, user_id, choice) VALUES (?, ?, ?)",
-                        [stumper_id, str(user), choice])
+        self.table.replace(stumper_id, votes)
 
     def decision(self, stumper_id: int, quorum: int) -> Decision:
         """What the votes say now: a relabel means a quorum agreed on that label (the model's answer is "keep")."""
@@ -172,17 +184,15 @@ class StumperBook:
             if not outcome.ok:
                 s.db["stumpers"].update(stumper_id, {"status": "refused", "decision": detail,
                                                      "detail": f"{outcome.reason}: {outcome.detail}"})
+                self._forget([row["sha256"]])
                 return outcome
-            batch = uuid.uuid4().hex
             s.db.conn.execute("UPDATE images SET stumper = 1 WHERE id = ?", [outcome.image_id])
             why = f"stumper {stumper_id}: " + (f"{decision.votes} of {decision.voters}" if decision else "agreed")
-            s._audit(row["workshop_id"], outcome.image_id, batch, "add", "status", "deleted", "active", who, why)
-            summary = {"added": 1, "deleted": 0, "relabelled": 0, "kept": 0, "stumper_id": stumper_id,
-                       "results": [{"image_id": outcome.image_id, "action": "add", "label": label}]}
-            apply_id = s.db["clean_applies"].insert({"workshop_id": row["workshop_id"], "batch": batch, "who": who,
-                                                     "at": now(), "summary": json.dumps(summary)}).last_pk
+            apply_id = self.board.record_added(row["workshop_id"], outcome.image_id, label, who=who, why=why,
+                                               extra={"stumper_id": stumper_id})
             s.db["stumpers"].update(stumper_id, {"status": "added", "image_id": outcome.image_id, "decision": detail,
                                                  "detail": f"clean-up {apply_id}"})
+            self._forget([row["sha256"]])  # the dataset has its own copy now
         return outcome
 
 

@@ -22,7 +22,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from imgcls.cleaning import KEEP, RELABEL
+from imgcls.cleaning import KEEP, RELABEL, tally
 from imgcls.collect import IMAGE_SUFFIXES
 from imgcls.errors import ConflictError, ImgclsError, InvalidInput, NotFound
 from imgcls.ingest import ingest, thumbnail_jpeg
@@ -31,11 +31,12 @@ from imgcls.types import REJECT_REASONS, IngestLimits
 
 from .. import embeds, render
 from ..checks import workshop_here
-from .guide import as_embeds
+from . import as_embeds, reaction_picks
 
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 4
+ANSWER_HOURS = 24  # an answer takes right/wrong votes this long, or until a newer model answers instead
 
 
 def image_attachments(attachments: Sequence[discord.Attachment]) -> list[discord.Attachment]:
@@ -62,8 +63,12 @@ class Classify(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)
-        for row in await self.bot.db(self.bot.stumpers.open_answers):
-            self.open[row["message_id"]] = row["id"]
+        await self.bot.db(self.bot.stumpers.expire, ANSWER_HOURS)
+        await self.reload()
+
+    async def reload(self) -> None:
+        """The answers still taking votes (after a restart, or after a new model closed the older ones)."""
+        self.open = {row["message_id"]: row["id"] for row in await self.bot.db(self.bot.stumpers.open_answers)}
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
@@ -99,8 +104,8 @@ class Classify(commands.Cog):
         for a in answers:
             if a.prediction is not None:
                 await self._post_one(ws, a, user_id, channel, send)
-        if any(a.prediction is not None for a in answers):
-            self.bot.step_done(ws["id"], "try", channel)
+        if any(a.prediction is not None for a in answers):  # the group moved on from reading the results
+            self.bot.step_done(ws["id"], "learn", channel)
 
     async def _post_one(self, ws: dict, a: Answer, user_id: int, channel: Any, send) -> None:
         pred, stumpers = a.prediction, self.bot.stumpers
@@ -124,9 +129,12 @@ class Classify(commands.Cog):
         await self.bot.db(stumpers.set_message, sid, message.id)
         self.open[message.id] = sid
         target = channel.get_partial_message(message.id)
-        for emoji in (embeds.RIGHT_EMOJI, embeds.WRONG_EMOJI):
-            await target.add_reaction(emoji)
-            await asyncio.sleep(self.bot.settings.reaction_pace)
+        try:
+            for emoji in (embeds.RIGHT_EMOJI, embeds.WRONG_EMOJI):
+                await target.add_reaction(emoji)
+                await asyncio.sleep(self.bot.settings.reaction_pace)
+        except discord.HTTPException as exc:  # the answer stands; people can still add the reactions themselves
+            log.warning("could not seed ✅ and ❌ on answer %s: %s", sid, exc)
 
     async def _answer(self, interaction: discord.Interaction, attachments: Sequence[discord.Attachment]) -> None:
         images = image_attachments(attachments)
@@ -210,12 +218,15 @@ class Classify(commands.Cog):
             row = await self.bot.db(self.bot.stumpers.get, sid)
             if row["status"] not in ("open", "asking"):
                 return
+            if on and emoji in (embeds.RIGHT_EMOJI, embeds.WRONG_EMOJI):  # someone judged an answer: step "try"
+                self.bot.step_done(row["workshop_id"], "try", self.bot.get_channel(payload.channel_id))
             if emoji == embeds.WRONG_EMOJI:
                 if on and await self.bot.db(self.bot.stumpers.ask, sid):
                     await self._ask({**row, "status": "asking"}, payload.channel_id)
+                    await self._settle(sid, payload.channel_id)  # numbers picked before the ❌ count too
                 return
             choice = _choices(row["legend"]).get(emoji)
-            if choice is None or (choice != KEEP and row["status"] != "asking"):
+            if choice is None:
                 return
             try:
                 await self.bot.db(self.bot.stumpers.vote, sid, str(payload.user_id), choice, on=on)
@@ -306,26 +317,15 @@ class Classify(commands.Cog):
         self.open[message.id] = row["id"]
         choices = _choices(row["legend"])
         async with self._locks.setdefault(row["id"], asyncio.Lock()):
-            picks: list[tuple[str, str]] = []
-            wrong = False
-            for reaction in message.reactions:
-                emoji = str(reaction.emoji)
-                if emoji != embeds.WRONG_EMOJI and emoji not in choices:
-                    continue
-                async for user in reaction.users():
-                    if user.bot:
-                        continue
-                    if emoji == embeds.WRONG_EMOJI:
-                        wrong = True
-                    else:
-                        picks.append((str(user.id), choices[emoji]))
+            picks = await reaction_picks(message, {*choices, embeds.WRONG_EMOJI})
+            wrong = any(emoji == embeds.WRONG_EMOJI for _, emoji in picks)
             if wrong and await self.bot.db(self.bot.stumpers.ask, row["id"]):  # someone said wrong while offline
                 row = await self.bot.db(self.bot.stumpers.get, row["id"])
                 await self._ask(row, channel.id)
             votes: dict[str, set[str]] = {}
-            for user, choice in picks:  # a number counts once the legend is up, as it does live
-                if choice == KEEP or row["status"] == "asking":
-                    votes.setdefault(user, set()).add(choice)
+            for user, emoji in picks:  # counted as live: every pick, decided once someone said wrong
+                if emoji in choices:
+                    votes.setdefault(user, set()).add(choices[emoji])
             await self.bot.db(self.bot.stumpers.set_votes, row["id"], votes)
             await self._settle(row["id"], channel.id)
 
@@ -343,18 +343,14 @@ def stumper_text(row: dict, quorum: int, votes: Optional[dict] = None, note: str
         return ""
     if row["status"] in ("added", "refused") and note:  # settled: what became of it, not the question
         return note
-    legend = " · ".join(f"{e} {render.plain(c[len(RELABEL):])}" for e, c in render.choice_emoji(row["legend"]).items()
-                        if c.startswith(RELABEL))
+    choices = _choices(row["legend"])
+    legend = " · ".join(f"{e} {render.plain(c[len(RELABEL):])}" for e, c in choices.items() if c != KEEP)
     lines = [f"Someone says that's wrong. **Which label is it?** React {legend}. When {quorum} of you agree, it "
              "joins the dataset as a stumper."]
     if votes:
-        counts: dict[str, int] = {}
-        for picks in votes.values():
-            for c in picks:
-                counts[c] = counts.get(c, 0) + 1
-        shown = {e: counts.get(c, 0) for e, c in _choices(row["legend"]).items()}
-        lines.append(f"Votes ({len(votes)} people): " + (" ".join(f"{e} {n}" for e, n in shown.items() if n)
-                                                         or "none yet"))
+        counts = tally(votes)
+        shown = " ".join(f"{e} {counts[c]}" for e, c in choices.items() if counts.get(c))
+        lines.append(f"Votes ({len(votes)} people): {shown or 'none yet'}")
     if note:
         lines.append(note)
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from imgcls.suspects import Selection, Suspect, explain
 
 from .. import embeds, render
 from ..checks import host_only, workshop_here
-from .guide import as_embeds
+from . import as_embeds, reaction_picks
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +197,8 @@ class Cleaning(commands.Cog):
         self.open[message.id] = cand["id"]
         async with self._edit_locks.setdefault(cand["id"], asyncio.Lock()):
             votes: dict[str, set[str]] = {}
-            for reaction in message.reactions:
-                choice = choices.get(str(reaction.emoji))
-                if choice is None:
-                    continue
-                async for user in reaction.users():
-                    if not user.bot:
-                        votes.setdefault(str(user.id), set()).add(choice)
+            for user, emoji in await reaction_picks(message, choices):
+                votes.setdefault(user, set()).add(choices[emoji])
             await self.bot.db(self.bot.board.set_votes, cand["id"], votes)
         await self._refresh(cand, channel.id)
 

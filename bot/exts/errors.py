@@ -33,7 +33,7 @@ def message_for(error: Exception) -> tuple[str, bool]:
     if isinstance(error, app_commands.TransformerError):
         return f"'{error.value}' is not a valid value for that option.", True
     if isinstance(error, discord.Forbidden):
-        return ("I'm missing a permission in this channel (I need Send Messages, Attach Files, "
+        return ("I'm missing a permission in this channel (I need Send Messages, Embed Links, Attach Files, "
                 "Add Reactions and Read Message History)."), True
     return APOLOGY, False
 

@@ -17,19 +17,17 @@ from discord.ext import commands
 from imgcls.leaderboard import leaderboard
 
 from .. import embeds
-from ..guide import advance
+from . import as_embeds
+from ..guide import advance, posted
 
 log = logging.getLogger(__name__)
-
-
-def as_embeds(items: list[dict]) -> list[discord.Embed]:
-    return [discord.Embed.from_dict(e) for e in items]
 
 
 class Guide(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
         self._names: dict[tuple[int, str], str] = {}  # (guild, user) -> the name the server shows
+        self._posting: set[tuple[int, str]] = set()  # (workshop, step) being announced now: once, not twice
 
     async def top(self, guild_id: int, n: int = 3) -> list:
         return await self.bot.db(leaderboard, self.bot.store, guild_id, n)
@@ -54,24 +52,30 @@ class Guide(commands.Cog):
     async def step_done(self, workshop_id: int, event: str, channel: Any) -> None:
         guide = self.bot.guide
         news = await self.bot.db(advance, self.bot.store, workshop_id, event, guide)
-        if news.post is None and not news.finished:
+        key = "finale" if news.finished else news.post.key if news.post else None
+        if key is None or (workshop_id, key) in self._posting:
             return
-        guild = getattr(channel, "guild", None)
-        top = await self.top(guild.id) if guild is not None else []
-        names = await self.names(guild, top) if top else {}
-        if news.finished:
-            await channel.send(embeds=as_embeds(embeds.finale(guide.finale, top, names)))
-            return
-        n = guide.index(news.post.key)
-        done = f"✅ Done: {guide.steps[n - 1].title}" if n else ""
-        await channel.send(embeds=as_embeds(embeds.guide_step(news.post, n + 1, len(guide.steps), top, done=done,
-                                                              names=names)))
+        self._posting.add((workshop_id, key))
+        try:
+            guild = getattr(channel, "guild", None)
+            top = await self.top(guild.id) if guild is not None else []
+            names = await self.names(guild, top) if top else {}
+            if news.finished:
+                shown = embeds.finale(guide.finale, top, names)
+            else:
+                n = guide.index(news.post.key)
+                done = f"✅ Done: {guide.steps[n - 1].title}" if n else ""
+                shown = embeds.guide_step(news.post, n + 1, len(guide.steps), top, done=done, names=names)
+            await channel.send(embeds=as_embeds(shown))
+            await self.bot.db(posted, self.bot.store, workshop_id, key)
+        finally:
+            self._posting.discard((workshop_id, key))
 
     @app_commands.command(name="leaderboard", description="Who helped most in this server: images, votes, stumpers")
     @app_commands.guild_only()
     async def leaderboard_cmd(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)  # the database and the names may take a moment
         rows = await self.top(interaction.guild_id, 10)
-        await interaction.response.defer(thinking=True)  # fetching names may take a moment
         names = await self.names(interaction.guild, rows)
         await interaction.followup.send(embeds=as_embeds(embeds.leaderboard(rows, interaction.guild.name, names)),
                                                 allowed_mentions=discord.AllowedMentions.none())

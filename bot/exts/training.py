@@ -29,7 +29,7 @@ from imgcls.interpret import side_by_side
 from .. import embeds, render
 from ..checks import host_only, workshop_here
 from ..queue import Job, TrainQueue
-from .guide import as_embeds
+from . import as_embeds
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,10 @@ class Training(commands.Cog):
         if parent:
             await self._post_before_after(channel, parent, run)
         self.bot.step_done(run["workshop_id"], "retrain" if parent else "train", channel)
+        if await self.bot.db(self.bot.stumpers.close_older, run["workshop_id"], run["id"]):
+            classify = self.bot.get_cog("Classify")  # answers from the older model stop taking votes
+            if classify is not None:
+                await classify.reload()
 
     async def _post_before_after(self, channel: Any, parent: dict, run: dict) -> None:
         """Both confusion matrices side by side in one image: over the same images when the job scored the old

@@ -14,7 +14,7 @@ from imgcls.store import parse_labels
 from .. import embeds, render
 from .. import guide as guide_state
 from ..checks import host_only, label_autocomplete, workshop_here
-from .guide import as_embeds
+from . import as_embeds
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ class Workshop(commands.Cog):
         names = parse_labels(labels)
         if len(names) > self.bot.settings.max_labels:
             raise InvalidInput(f"This bot allows at most {self.bot.settings.max_labels} labels; you gave {len(names)}.")
+        if not interaction.app_permissions.embed_links:  # else Discord drops every result, vote and answer silently
+            raise InvalidInput("I need the Embed Links permission in this channel: results, votes and answers are "
+                               "embeds. A server admin can add it to my role or to this channel, then start again.")
         ws = await self.bot.db(self.bot.store.create_workshop, name, names, guild_id=interaction.guild_id,
                                channel_id=interaction.channel_id, host_id=interaction.user.id)
         got = await self.bot.db(self.bot.store.labels, ws["id"])
@@ -102,6 +105,7 @@ class Workshop(commands.Cog):
         await interaction.response.send_message(
             "The guide is on. Here is what to do next:",
             embeds=as_embeds(embeds.guide_step(nxt, steps.index(nxt.key) + 1, len(steps.steps))))
+        await self.bot.db(guide_state.posted, self.bot.store, ws["id"], nxt.key)
 
     async def _where(self) -> dict:
         """The trainer's describe(), without holding up the reply when a GPU cluster is slow to answer."""

@@ -91,6 +91,23 @@ def test_fit_clips_every_text_and_the_whole_message():
         validate_embeds([{"description": huge}])
 
 
+@pytest.mark.timeout(10)
+def test_fit_ends_on_any_mix_of_embeds_and_keeps_code_blocks_whole():
+    long = "y" * 3000
+    cases = [
+        [{"description": long, "footer": {"text": long[:2048]}}, {"description": "…", "footer": {"text": long[:2048]}}],
+        [{"title": "t" * 256, "author": {"name": "a" * 256}}] * 10 + [{"description": long}] * 3,
+        [{"fields": [{"name": "Epochs", "value": "```\n" + "row\n" * 240 + "```"}] * 5, "description": long}],
+        [{}, {"title": "x"}],
+    ]
+    for items in cases:
+        fitted = embeds.fit(items)
+        validate_embeds(fitted)
+        for e in fitted:
+            for f in e.get("fields") or []:
+                assert f["value"].count("```") % 2 == 0, "a code block was cut open"
+
+
 def test_results_name_their_pictures_as_attachments():
     [main, top, curve] = embeds.run_results(run(1, ["a", "b"]), files={"confusion": "run1-confusion.png",
                                                                       "top_losses": "run1-top-losses.png",

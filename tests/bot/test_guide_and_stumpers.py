@@ -128,9 +128,23 @@ async def test_a_wrong_answer_joins_the_dataset_as_a_stumper_after_a_quorum_and_
     there = await stranger.slash(other.create_text_channel("general"), "leaderboard")
     assert "Nobody has scored yet" in shown(there.response) and "alice" not in shown(there.response)
 
+    # the guide followed along; a stumper found before cleaning and retraining does not end the workshop
+    assert steps_posted(world) == ["Step 1 of 8: Gather images", "Step 4 of 8: See what the model learnt",
+                                   "Step 5 of 8: Try it on new images", "Step 6 of 8: Clean the data"]
+    assert not any("Workshop complete" in shown(m) for m in bot_messages(world))
+
     undone = await world.host.slash(ch, "clean undo")
     assert "1 stumper set aside again" in undone.response.content
     assert store.image(row["image_id"])["status"] == "deleted"
     board = await world.bob.slash(ch, "leaderboard")
     assert "1 stumper" not in shown(board.response)
     store.close()
+
+
+async def test_a_channel_where_the_bot_cannot_embed_is_refused_with_what_to_fix(world):
+    import discord
+
+    no_embeds = world.guild.create_text_channel(
+        "no-embeds", overwrites={world.env.bot.user: discord.PermissionOverwrite(embed_links=False)})
+    refused = await world.host.slash(no_embeds, "workshop start", name="Plain", labels="a, b")
+    assert refused.ephemeral and "Embed Links permission" in refused.response.content

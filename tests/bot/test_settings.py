@@ -51,6 +51,6 @@ def test_without_a_token_the_bot_explains_how_to_make_one_and_exits_non_zero(tmp
     proc = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
-    for needle in ("DISCORD_TOKEN", "applications.commands", "Send Messages", "Attach Files", "Add Reactions",
+    for needle in ("DISCORD_TOKEN", "applications.commands", "Send Messages", "Embed Links", "Attach Files", "Add Reactions",
                    "Read Message History"):
         assert needle in proc.stderr

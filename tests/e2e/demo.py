@@ -132,7 +132,7 @@ async def run(out: Path, per_label: int, size: int, epochs: int, web: bool) -> d
                     await bot.close()
                     await asyncio.gather(runner, return_exceptions=True)
                     if out.exists():
-                        shutil.rmtree(out)
+                        shutil.rmtree(out)  # an earlier demo's (main() checked)
                     out.mkdir(parents=True)
                     metrics_posted = write_transcript(fake, chan, out)
     metrics["messages"]["bot_total"] = metrics_posted
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Images from {'the real Openverse' if web else 'a local image server with generated pictures'}; "
           "Discord is the project's local server. A whole guided workshop takes a minute or two…", flush=True)
     out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()) and not (out / "transcript.md").is_file():
+        print(f"{out} exists and is not an earlier demo's folder; choose another with --out.", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     try:
         metrics = asyncio.run(run(out, args.per_label, args.size, args.epochs, web))

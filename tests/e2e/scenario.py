@@ -141,6 +141,8 @@ async def guided_workshop(fake, bot, chan, people: People, *, per_label: int, si
                                      attachments=[("first.jpg", jpeg_bytes(make_image("squares", 8999)))])
     answer = await answer_to(fake, chan, pasted)
     assert "model from run 1" in shown(answer) and list(pictures(answer)) == [answer.attachments[0].filename]
+    await fake.wait_for(by_bot(fake, chan, "Step 5 of 8: Try it on new images"), 30)
+    await fake.react(bob, answer, "✅")  # judging an answer is the step
     await fake.wait_for(by_bot(fake, chan, "Step 6 of 8: Clean the data"), 30)
 
     # 6. the three images most likely wrong go up for a vote, in a thread; three users vote there
@@ -236,7 +238,8 @@ async def guided_workshop(fake, bot, chan, people: People, *, per_label: int, si
 
     assert guide_titles(fake, chan) == [f"Step {n} of 8" + t for n, t in (
         (1, ": Gather images"), (2, ": Look at them"), (3, ": Train the model"), (4, ": See what the model learnt"),
-        (6, ": Clean the data"), (7, ": Retrain and compare"), (8, ": Stump the model"))] + ["Workshop complete 🎉"], \
+        (5, ": Try it on new images"), (6, ": Clean the data"), (7, ": Retrain and compare"),
+        (8, ": Stump the model"))] + ["Workshop complete 🎉"], \
         guide_titles(fake, chan)
     posted = [m for c in (chan, *fake.threads(chan)) for m in fake.messages(c) if m.author.id == fake.bot_user.id]
     metrics["messages"] = {"bot_total": len(posted), "in_vote_thread": sum(m.channel is not chan for m in posted),

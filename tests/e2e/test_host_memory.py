@@ -10,7 +10,7 @@ from pathlib import Path
 
 from imgcls.collect import add_files, folder_files
 from imgcls.store import Store
-from tests.conftest import jpeg_bytes, make_image, write_image_folders
+from tests.conftest import jpeg_bytes, make_image, shown, write_image_folders
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.procs import descendants
 
@@ -70,7 +70,7 @@ async def test_the_idle_bot_with_all_its_workers_fits_in_500_mb(tmp_path):
             await ix.wait_message(lambda m: "one.jpg" in m.content, 120)  # the ingest pool is up now, as after any
             ix = await fake.slash(host, chan, "train", {"epochs": 1, "size": 64})  # upload or download
             await ix.wait_response(60)
-            await fake.wait_for(lambda: any("Run 1 finished" in m.content for m in fake.messages(chan)), 300)
+            await fake.wait_for(lambda: any("Run 1 finished" in shown(m) for m in fake.messages(chan)), 300)
             pasted = await fake.post_message(host, chan, f"{fake.bot_user.mention} what is this?",
                                              attachments=[("mystery.jpg", jpeg_bytes(make_image("circles", 4242)))])
             await fake.wait_for(lambda: any(m.reference and m.reference["message_id"] == str(pasted.id)

@@ -1,6 +1,7 @@
 """No mass pings, over the wire: labels and a search creator that say "@everyone", "<@&1>" and "<@1>" go
 through start, download, credits, training, results, votes and a prediction; every message the bot sends
-forbids @everyone and role pings in its allowed_mentions, and none of that text can still mention anyone."""
+forbids @everyone and role pings in its allowed_mentions, and none of that text, its embeds' included,
+can still mention anyone."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,7 @@ import re
 
 from bot.bot import WorkshopBot
 from bot.settings import Settings
-from tests.conftest import jpeg_bytes, make_image
+from tests.conftest import jpeg_bytes, make_image, shown
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.search_api import SearchState
 from tests.fakes.threaded import running_servers
@@ -18,6 +19,13 @@ HOSTILE = "@everyone <@&1> <@1> @here"
 LABELS = ["@everyone", "<@&1>", "<@1>"]
 # a mention Discord would act on: @everyone/@here, or <@id>, <@!id>, <@&id> with nothing in between
 LIVE = re.compile(r"@(everyone|here)|<@[!&]?\d+>")
+
+
+def embed_text(e: dict) -> str:
+    """Every text of an embed a person reads."""
+    parts = [e.get("title"), e.get("description"), (e.get("footer") or {}).get("text"), (e.get("author") or {}).get("name")]
+    parts += [x for f in e.get("fields") or [] for x in (f.get("name"), f.get("value"))]
+    return "\n".join(p for p in parts if p)
 
 
 def sent_bodies(fake) -> list[tuple[str, dict]]:
@@ -67,8 +75,7 @@ async def test_labels_and_creators_that_say_everyone_never_ping(tmp_path):
                     assert b"Ann @everyone" in b"".join(f.data for f in ix.callback_files)  # a file, as is
                     ix = await fake.slash(host, chan, "train", {"epochs": 1, "size": 64})
                     await ix.wait_response(60)
-                    await fake.wait_for(lambda: any("**Run 1 finished**" in m.content for m in fake.messages(chan)),
-                                        600)
+                    await fake.wait_for(lambda: any("Run 1 finished" in shown(m) for m in fake.messages(chan)), 600)
                     ix = await fake.slash(host, chan, "clean post", {"count": 2})
                     await ix.wait_response(60)
                     await fake.wait_for(lambda: len([m for m in fake.messages(chan)
@@ -80,7 +87,7 @@ async def test_labels_and_creators_that_say_everyone_never_ping(tmp_path):
                     ix = await fake.slash(alice, chan, "workshop status")
                     await ix.wait_response(60)
                     ix = await fake.slash(alice, chan, "results")
-                    await ix.wait_message(lambda m: "Run 1" in m.content, 60)
+                    await ix.wait_message(lambda m: "Run 1" in shown(m), 60)
                 finally:
                     await bot.close()
                     await asyncio.gather(runner, return_exceptions=True)
@@ -95,8 +102,10 @@ async def test_labels_and_creators_that_say_everyone_never_ping(tmp_path):
         assert {str(u) for u in allowed.get("users") or []} <= {str(host.id)}, (path, allowed)  # only a requester
         if "parse" in allowed:
             assert "users" not in allowed["parse"], (path, allowed)
-        content = body.get("content") or ""
+        content = "\n".join([body.get("content") or ""] + [embed_text(e) for e in body.get("embeds") or []])
         own = content.replace(f"<@{host.id}>", "").replace(f"<@{alice.id}>", "").replace(f"<@{fake.bot_user.id}>", "")
         assert not LIVE.search(own), (path, content)
-    texts = "\n".join(body.get("content") or "" for _, body in bodies)
+    texts = "\n".join("\n".join([body.get("content") or ""] + [embed_text(e) for e in body.get("embeds") or []])
+                      for _, body in bodies)
     assert "everyone" in texts  # the labels and the creator are shown, just not as mentions
+    assert any(body.get("embeds") for _, body in bodies)  # results, votes and the answer are embeds

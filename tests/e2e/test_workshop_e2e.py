@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 
 from bot.bot import WorkshopBot
 from bot.settings import Settings
+from tests.e2e.demo import write_transcript
 from tests.e2e.scenario import LONG, People, guided_workshop
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.threaded import running_servers
@@ -118,6 +120,15 @@ async def test_a_whole_guided_workshop_over_the_wire(tmp_path, search, executor)
                 assert where in ix.callback["data"]["content"], ix.callback["data"]["content"]
                 metrics["rss_mb"] = {"bot_process": rss_mb(), "worker_processes": children_rss_mb()}
                 assert fake.unknown_requests == []
+                # what `make demo` writes from the same scenario: the transcript, with every picture beside it
+                posted = write_transcript(fake, chan, tmp_path / "demo")
+                transcript = (tmp_path / "demo" / "transcript.md").read_text()
+                assert posted == metrics["messages"]["bot_total"] + 1  # and the last /workshop status
+                for needle in ("## Thread: Votes on run 1", "**Step 8 of 8: Stump the model**", "Stumper!",
+                               "(answering `/workshop start` by host)", "@alice"):
+                    assert needle in transcript, needle
+                for picture in re.findall(r"\]\((files/[^)]+)\)", transcript):
+                    assert (tmp_path / "demo" / picture).stat().st_size > 0, picture
             finally:
                 await bot.close()
                 await asyncio.gather(runner, return_exceptions=True)
