@@ -111,23 +111,23 @@ class StumperBook:
             "SELECT s.* FROM stumpers s JOIN workshops w ON w.id = s.workshop_id WHERE s.status IN ('open', 'asking') "
             "AND s.message_id IS NOT NULL AND w.status = 'active' ORDER BY s.id")]
 
-    def close_older(self, workshop_id: int, run_id: int) -> int:
-        """A newer model is in use: answers from older runs stop taking votes. Returns how many closed."""
+    def close_older(self, workshop_id: int, run_id: int) -> list[dict[str, Any]]:
+        """A newer model is in use: answers from older runs stop taking votes. Returns them, as they were."""
         return self._close("workshop_id = ? AND run_id < ?", [workshop_id, run_id])
 
-    def expire(self, hours: float) -> int:
-        """Answers older than `hours` stop taking votes (their pasted images are not kept). Returns how many."""
+    def expire(self, hours: float) -> list[dict[str, Any]]:
+        """Answers older than `hours` stop taking votes (their pasted images are not kept). Returns them."""
         cutoff = (datetime.now(timezone.utc) - timedelta(hours=hours)).isoformat(timespec="milliseconds")
         return self._close("created_at < ?", [cutoff])
 
-    def _close(self, where: str, params: list) -> int:
+    def _close(self, where: str, params: list) -> list[dict[str, Any]]:
         with self.store.transaction():
-            rows = list(self.store.db.query(f"SELECT id, sha256 FROM stumpers WHERE status IN ('open', 'asking') "
-                                            f"AND {where}", params))
+            rows = list(self.store.db.query(f"SELECT id, sha256, status, channel_id, message_id FROM stumpers "
+                                            f"WHERE status IN ('open', 'asking') AND {where}", params))
             for r in rows:
                 self.store.db["stumpers"].update(r["id"], {"status": "closed"})
             self._forget({r["sha256"] for r in rows})
-        return len(rows)
+        return rows
 
     def _forget(self, digests: Iterable[str]) -> None:
         """Delete kept pasted bytes no answer still taking votes needs: nothing pasted is kept longer than that."""

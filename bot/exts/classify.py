@@ -66,6 +66,19 @@ class Classify(commands.Cog):
         await self.bot.db(self.bot.stumpers.expire, ANSWER_HOURS)
         await self.reload()
 
+    async def closed(self, rows: list[dict], why: str) -> None:
+        """Answers that stopped taking votes: the ones showing the legend say so, and why."""
+        await self.reload()
+        for row in rows:
+            if row["status"] != "asking":
+                continue  # nobody said wrong: its text shows no question to withdraw
+            message = await self._message(row["channel_id"], row["message_id"])
+            try:
+                if message is not None:
+                    await message.edit(content=f"**Closed:** {why}")
+            except discord.HTTPException as exc:
+                log.warning("could not mark answer %s closed: %s", row["id"], exc)
+
     async def reload(self) -> None:
         """The answers still taking votes (after a restart, or after a new model closed the older ones)."""
         self.open = {row["message_id"]: row["id"] for row in await self.bot.db(self.bot.stumpers.open_answers)}
@@ -104,8 +117,6 @@ class Classify(commands.Cog):
         for a in answers:
             if a.prediction is not None:
                 await self._post_one(ws, a, user_id, channel, send)
-        if any(a.prediction is not None for a in answers):  # the group moved on from reading the results
-            self.bot.step_done(ws["id"], "learn", channel)
 
     async def _post_one(self, ws: dict, a: Answer, user_id: int, channel: Any, send) -> None:
         pred, stumpers = a.prediction, self.bot.stumpers
@@ -128,6 +139,7 @@ class Classify(commands.Cog):
             raise
         await self.bot.db(stumpers.set_message, sid, message.id)
         self.open[message.id] = sid
+        self.bot.step_done(ws["id"], "learn", channel)  # the group moved on from reading the results
         target = channel.get_partial_message(message.id)
         try:
             for emoji in (embeds.RIGHT_EMOJI, embeds.WRONG_EMOJI):
@@ -218,6 +230,10 @@ class Classify(commands.Cog):
             row = await self.bot.db(self.bot.stumpers.get, sid)
             if row["status"] not in ("open", "asking"):
                 return
+            if await self.bot.db(self.bot.stumpers.expire, ANSWER_HOURS):  # a day old: closed, whoever reacts
+                await self.reload()
+                if sid not in self.open:
+                    return
             if on and emoji in (embeds.RIGHT_EMOJI, embeds.WRONG_EMOJI):  # someone judged an answer: step "try"
                 self.bot.step_done(row["workshop_id"], "try", self.bot.get_channel(payload.channel_id))
             if emoji == embeds.WRONG_EMOJI:

@@ -7,6 +7,7 @@ the background, and a failure is logged, not shown.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -28,6 +29,7 @@ class Guide(commands.Cog):
         self.bot = bot
         self._names: dict[tuple[int, str], str] = {}  # (guild, user) -> the name the server shows
         self._posting: set[tuple[int, str]] = set()  # (workshop, step) being announced now: once, not twice
+        self._locks: dict[int, asyncio.Lock] = {}
 
     async def top(self, guild_id: int, n: int = 3) -> list:
         return await self.bot.db(leaderboard, self.bot.store, guild_id, n)
@@ -50,6 +52,10 @@ class Guide(commands.Cog):
         return out
 
     async def step_done(self, workshop_id: int, event: str, channel: Any) -> None:
+        async with self._locks.setdefault(workshop_id, asyncio.Lock()):  # one announcement at a time, in order
+            await self._step_done(workshop_id, event, channel)
+
+    async def _step_done(self, workshop_id: int, event: str, channel: Any) -> None:
         guide = self.bot.guide
         news = await self.bot.db(advance, self.bot.store, workshop_id, event, guide)
         key = "finale" if news.finished else news.post.key if news.post else None

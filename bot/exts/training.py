@@ -245,11 +245,13 @@ class Training(commands.Cog):
         parent = job.payload.get("parent")
         if parent:
             await self._post_before_after(channel, parent, run)
-        self.bot.step_done(run["workshop_id"], "retrain" if parent else "train", channel)
-        if await self.bot.db(self.bot.stumpers.close_older, run["workshop_id"], run["id"]):
-            classify = self.bot.get_cog("Classify")  # answers from the older model stop taking votes
-            if classify is not None:
-                await classify.reload()
+        # a /train after the group cleaned counts as retraining too
+        cleaned = "clean" in (await self.bot.db(self.bot.store.workshop, run["workshop_id"]))["settings"].get("done", [])
+        self.bot.step_done(run["workshop_id"], "retrain" if parent or cleaned else "train", channel)
+        closed = await self.bot.db(self.bot.stumpers.close_older, run["workshop_id"], run["id"])
+        classify = self.bot.get_cog("Classify")  # answers from the older model stop taking votes
+        if closed and classify is not None:
+            await classify.closed(closed, f"run {run['id']}'s model answers now; paste the image again to try it.")
 
     async def _post_before_after(self, channel: Any, parent: dict, run: dict) -> None:
         """Both confusion matrices side by side in one image: over the same images when the job scored the old

@@ -53,7 +53,8 @@ class Workshop(commands.Cog):
                 text + "\nNext: a host runs `/images download`, anyone can add photos with `/images add`, then "
                 "`/train`. (The guide is off; `/workshop guide on:True` turns it on.)")
             return
-        shown = embeds.plan(guide_state.plan({}, steps), steps.intro) + embeds.guide_step(first, 1, len(steps.steps))
+        shown = embeds.fit(embeds.plan(guide_state.plan({}, steps), steps.intro)
+                           + embeds.guide_step(first, 1, len(steps.steps)))
         await interaction.response.send_message(text, embeds=as_embeds(shown))
 
     @workshop.command(name="status", description="Labels, image counts, runs, the queue and the model in use")

@@ -90,6 +90,15 @@ def test_pasted_bytes_survive_a_new_store_and_votes_can_be_recounted(tmp_path, s
     again.set_votes(sid, {"bob": {"label:circles"}, "carol": {"keep", "label:circles"}})
     assert again.votes(sid) == {"bob": {"label:circles"}, "carol": {"keep", "label:circles"}}
     assert [r["id"] for r in again.open_answers()] == [sid]
+    twin = paste(again, ws, data)  # the same picture pasted again: one kept copy serves both answers
+    again.ask(sid)
+    closed = again.close_older(ws, run_id=2)  # a newer model answers now
+    assert {(r["id"], r["status"]) for r in closed} == {(sid, "asking"), (twin, "open")}
+    digest = again.get(sid)["sha256"]
+    assert again.open_answers() == [] and not (store.data_dir / "pasted" / digest[:2] / digest).exists()
+    with pytest.raises(ConflictError):
+        again.vote(sid, "bob", "label:circles")
+    assert again.expire(hours=0) == []  # nothing left open to expire
 
 
 def test_the_leaderboard_counts_kept_uploads_agreeing_votes_and_stumpers_in_one_server_only(store, book):
