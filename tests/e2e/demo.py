@@ -119,22 +119,16 @@ async def run(out: Path, per_label: int, size: int, epochs: int, web: bool) -> d
                             default_epochs=epochs, progress_interval=1.0, reaction_pace=0.05, clean_count=3,
                             clean_thread_at=2, vote_quorum=2, train_timeout=LONG, **search)
         bot = WorkshopBot(settings)
-        async with fake:
-            with fake.discord_urls():
-                runner = asyncio.create_task(bot.start(fake.token))
-                try:
-                    await fake.wait_ready(60)
-                    await fake.wait_for(lambda: fake.commands.get(None), 60)
-                    await asyncio.wait_for(bot.recovered.wait(), 60)
-                    metrics = await guided_workshop(fake, bot, chan, people, per_label=per_label, size=size,
-                                                    epochs=epochs, exact_download=not web)
-                finally:
-                    await bot.close()
-                    await asyncio.gather(runner, return_exceptions=True)
-                    if out.exists():
-                        shutil.rmtree(out)  # an earlier demo's (main() checked)
-                    out.mkdir(parents=True)
-                    metrics_posted = write_transcript(fake, chan, out)
+        try:
+            async with fake.running(bot):
+                await asyncio.wait_for(bot.recovered.wait(), 60)
+                metrics = await guided_workshop(fake, bot, chan, people, per_label=per_label, size=size,
+                                                epochs=epochs, exact_download=not web)
+        finally:  # what the channel shows, also when the scenario stopped half way
+            if out.exists():
+                shutil.rmtree(out)  # an earlier demo's (main() checked)
+            out.mkdir(parents=True)
+            metrics_posted = write_transcript(fake, chan, out)
     metrics["messages"]["bot_total"] = metrics_posted
     return metrics
 

@@ -1,11 +1,10 @@
 """A whole guided workshop, scripted: the wire-level end-to-end test runs it, and so does `make demo`.
 
-    async with fake:
-        with fake.discord_urls():
-            people = People.join(fake, guild)
-            bot = WorkshopBot(settings)
-            ...start the bot, wait until it is ready...
-            metrics = await guided_workshop(fake, bot, chan, people, per_label=8, size=64, epochs=1)
+    people = People.join(fake, guild)
+    bot = WorkshopBot(settings)
+    async with fake.running(bot):
+        await bot.recovered.wait()
+        metrics = await guided_workshop(fake, bot, chan, people, per_label=8, size=64, epochs=1)
 
 The host starts a workshop with the guide on and follows it: download, look, train, read the
 results (embeds with the pictures inline), try a pasted image, vote on suspects in a thread,

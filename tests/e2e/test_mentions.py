@@ -57,40 +57,32 @@ async def test_labels_and_creators_that_say_everyone_never_ping(tmp_path):
                             openverse_url=search.search, download_sources="openverse", download_allow="127.0.0.1",
                             clean_count=2, vote_quorum=2, train_timeout=600)
         bot = WorkshopBot(settings)
-        async with fake:
-            with fake.discord_urls():
-                runner = asyncio.create_task(bot.start(fake.token))
-                try:
-                    await fake.wait_ready(60)
-                    await fake.wait_for(lambda: fake.commands.get(None), 60)
-                    await asyncio.wait_for(bot.recovered.wait(), 60)
-                    ix = await fake.slash(host, chan, "workshop start", {"name": f"Pings {HOSTILE}",
-                                                                         "labels": ", ".join(LABELS)})
-                    await ix.wait_response(60)
-                    await fake.slash(host, chan, "images download", {"per_label": 6})
-                    await fake.wait_for(lambda: any("**Download finished**" in m.content
-                                                    for m in fake.messages(chan)), 300)
-                    ix = await fake.slash(alice, chan, "credits")
-                    await ix.wait_response(60)
-                    assert b"Ann @everyone" in b"".join(f.data for f in ix.callback_files)  # a file, as is
-                    ix = await fake.slash(host, chan, "train", {"epochs": 1, "size": 64})
-                    await ix.wait_response(60)
-                    await fake.wait_for(lambda: any("Run 1 finished" in shown(m) for m in fake.messages(chan)), 600)
-                    ix = await fake.slash(host, chan, "clean post", {"count": 2})
-                    await ix.wait_response(60)
-                    await fake.wait_for(lambda: len([m for m in fake.messages(chan)
-                                                     if m.content.startswith("**Vote ")]) == 2, 120)
-                    pasted = await fake.post_message(alice, chan, f"{fake.bot_user.mention} what is this?",
-                                                     attachments=[("x.jpg", jpeg_bytes(make_image("circles", 5)))])
-                    await fake.wait_for(lambda: any(m.reference and m.reference["message_id"] == str(pasted.id)
-                                                    for m in fake.messages(chan)), 120)
-                    ix = await fake.slash(alice, chan, "workshop status")
-                    await ix.wait_response(60)
-                    ix = await fake.slash(alice, chan, "results")
-                    await ix.wait_message(lambda m: "Run 1" in shown(m), 60)
-                finally:
-                    await bot.close()
-                    await asyncio.gather(runner, return_exceptions=True)
+        async with fake.running(bot):
+            await asyncio.wait_for(bot.recovered.wait(), 60)
+            ix = await fake.slash(host, chan, "workshop start", {"name": f"Pings {HOSTILE}",
+                                                                 "labels": ", ".join(LABELS)})
+            await ix.wait_response(60)
+            await fake.slash(host, chan, "images download", {"per_label": 6})
+            await fake.wait_for(lambda: any("**Download finished**" in m.content
+                                            for m in fake.messages(chan)), 300)
+            ix = await fake.slash(alice, chan, "credits")
+            await ix.wait_response(60)
+            assert b"Ann @everyone" in b"".join(f.data for f in ix.callback_files)  # a file, as is
+            ix = await fake.slash(host, chan, "train", {"epochs": 1, "size": 64})
+            await ix.wait_response(60)
+            await fake.wait_for(lambda: any("Run 1 finished" in shown(m) for m in fake.messages(chan)), 600)
+            ix = await fake.slash(host, chan, "clean post", {"count": 2})
+            await ix.wait_response(60)
+            await fake.wait_for(lambda: len([m for m in fake.messages(chan)
+                                             if m.content.startswith("**Vote ")]) == 2, 120)
+            pasted = await fake.post_message(alice, chan, f"{fake.bot_user.mention} what is this?",
+                                             attachments=[("x.jpg", jpeg_bytes(make_image("circles", 5)))])
+            await fake.wait_for(lambda: any(m.reference and m.reference["message_id"] == str(pasted.id)
+                                            for m in fake.messages(chan)), 120)
+            ix = await fake.slash(alice, chan, "workshop status")
+            await ix.wait_response(60)
+            ix = await fake.slash(alice, chan, "results")
+            await ix.wait_message(lambda m: "Run 1" in shown(m), 60)
 
     bodies = sent_bodies(fake)
     assert len(bodies) > 10

@@ -104,34 +104,26 @@ async def test_a_whole_guided_workshop_over_the_wire(tmp_path, search, executor)
                         openverse_url=search.search, download_sources="openverse", download_allow="127.0.0.1",
                         clean_count=3, clean_thread_at=2, vote_quorum=2, train_timeout=LONG, **executor)
     bot = WorkshopBot(settings)
-    async with fake:
-        with fake.discord_urls():
-            runner = asyncio.create_task(bot.start(fake.token))
-            try:
-                await fake.wait_ready(60)
-                await fake.wait_for(lambda: fake.commands.get(None), 60)
-                await asyncio.wait_for(bot.recovered.wait(), 60)
-                metrics = await guided_workshop(fake, bot, chan, people, per_label=PER_LABEL, size=SIZE,
-                                                epochs=EPOCHS, lag=LagSampler())
-                ix = await fake.slash(people.alice, chan, "workshop status")
-                await ix.wait_response(LONG)
-                where = (": gpu\\-0 (1 GPU, idle)." if executor["executor"] == "dask"
-                         else "Training runs on this host (1 at a time).")
-                assert where in ix.callback["data"]["content"], ix.callback["data"]["content"]
-                metrics["rss_mb"] = {"bot_process": rss_mb(), "worker_processes": children_rss_mb()}
-                assert fake.unknown_requests == []
-                # what `make demo` writes from the same scenario: the transcript, with every picture beside it
-                posted = write_transcript(fake, chan, tmp_path / "demo")
-                transcript = (tmp_path / "demo" / "transcript.md").read_text()
-                assert posted == metrics["messages"]["bot_total"] + 1  # and the last /workshop status
-                for needle in ("## Thread: Votes on run 1", "**Step 8 of 8: Stump the model**", "Stumper!",
-                               "(answering `/workshop start` by host)", "@alice"):
-                    assert needle in transcript, needle
-                for picture in re.findall(r"\]\((files/[^)]+)\)", transcript):
-                    assert (tmp_path / "demo" / picture).stat().st_size > 0, picture
-            finally:
-                await bot.close()
-                await asyncio.gather(runner, return_exceptions=True)
+    async with fake.running(bot):
+        await asyncio.wait_for(bot.recovered.wait(), 60)
+        metrics = await guided_workshop(fake, bot, chan, people, per_label=PER_LABEL, size=SIZE, epochs=EPOCHS,
+                                        lag=LagSampler())
+        ix = await fake.slash(people.alice, chan, "workshop status")
+        await ix.wait_response(LONG)
+        where = (": gpu\\-0 (1 GPU, idle)." if executor["executor"] == "dask"
+                 else "Training runs on this host (1 at a time).")
+        assert where in ix.callback["data"]["content"], ix.callback["data"]["content"]
+        metrics["rss_mb"] = {"bot_process": rss_mb(), "worker_processes": children_rss_mb()}
+        assert fake.unknown_requests == []
+        # what `make demo` writes from the same scenario: the transcript, with every picture beside it
+        posted = write_transcript(fake, chan, tmp_path / "demo")
+        transcript = (tmp_path / "demo" / "transcript.md").read_text()
+        assert posted == metrics["messages"]["bot_total"] + 1  # and the last /workshop status
+        for needle in ("## Thread: Votes on run 1", "**Step 8 of 8: Stump the model**", "Stumper!",
+                       "(answering `/workshop start` by host)", "@alice"):
+            assert needle in transcript, needle
+        for picture in re.findall(r"\]\((files/[^)]+)\)", transcript):
+            assert (tmp_path / "demo" / picture).stat().st_size > 0, picture
 
     print("\nworkshop e2e metrics:", json.dumps(metrics, indent=1))
     if os.environ.get("BOT_METRICS"):

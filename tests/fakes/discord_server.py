@@ -54,8 +54,8 @@ import mimetypes
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,6 +411,21 @@ class FakeDiscord:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @asynccontextmanager
+    async def running(self, client: Any, timeout: float = 60.0) -> AsyncIterator[None]:
+        """`async with fake.running(bot):` this server up, the client logged in to it, READY and its commands
+        synced; the client closed (and its task awaited) on the way out."""
+        async with self:
+            with self.discord_urls():
+                runner = asyncio.create_task(client.start(self.token))
+                try:
+                    await self.wait_ready(timeout)
+                    await self.wait_for(lambda: self.commands.get(None), timeout)
+                    yield
+                finally:
+                    await client.close()
+                    await asyncio.gather(runner, return_exceptions=True)
 
     @contextmanager
     def discord_urls(self) -> Iterator[None]:
