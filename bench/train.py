@@ -194,10 +194,10 @@ def notebook_recipe(recipe: Recipe, progress: Callable[[Progress], None]) -> dic
 
     batch_tfms = aug_transforms()
     if recipe.arch == "lite0":  # the same model construction as imgcls.archs.resolve / train.build_dataloaders
-        from imgcls.archs import LITE0_STATS, lite0
+        from imgcls.archs import LITE_STATS, lite0
 
         arch, kwargs = lite0, {"cut": -2}
-        batch_tfms.append(Normalize.from_stats(*LITE0_STATS))
+        batch_tfms.append(Normalize.from_stats(*LITE_STATS))
     else:
         import torchvision.models
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from .errors import InvalidInput, NotReady, TrainingFailed
 from .split import split_items
-from .types import ARCHS, SUSPECT_METHODS, EpochMetrics, Progress, TopLoss, TrainItem, TrainResult, TrainSpec, to_plain
+from .types import ARCHS, LITE_ARCHS, SUSPECT_METHODS, EpochMetrics, Progress, TopLoss, TrainItem, TrainResult, TrainSpec, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,13 @@ def build_dataloaders(spec: TrainSpec, device: str, items: Optional[Sequence[Tra
     from fastai.vision.augment import RandomResizedCrop, Resize, aug_transforms
     from fastai.vision.data import ImageBlock
 
-    from .archs import LITE0_STATS
+    from .archs import LITE_STATS
 
     items = list(items if items is not None else with_split(spec))
     item_tfms = RandomResizedCrop(spec.size, min_scale=0.5) if spec.item_tfm == "random_resized_crop" else Resize(spec.size)
     batch_tfms = list(aug_transforms()) if spec.augment else []
-    if spec.arch == "lite0":  # fastai knows the torchvision stats; lite0's are added here
-        batch_tfms.append(Normalize.from_stats(*LITE0_STATS))
+    if spec.arch in LITE_ARCHS:  # fastai knows the torchvision stats; EfficientNet-Lite's are added here
+        batch_tfms.append(Normalize.from_stats(*LITE_STATS))
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(spec.labels), sort=False)),
         get_x=item_path, get_y=item_label, splitter=FuncSplitter(item_is_valid),

