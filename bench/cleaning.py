@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.clipart import DEFAULT_CATEGORIES, category_files, clipart_root, short_name  # noqa: E402
+from bench.clipart import DEFAULT_CATEGORIES, hold_out, ingest_categories, short_name  # noqa: E402
 from imgcls.cleaning import CleaningBoard  # noqa: E402
 from imgcls.collect import add_files  # noqa: E402
 from imgcls.compare import compare_runs  # noqa: E402
@@ -106,8 +106,6 @@ def main() -> int:
           f"{args.candidates}x size={args.size} epochs=1 frozen + {args.epochs} bs={args.bs} folds={args.folds} "
           f"seeds={seeds} methods={methods}", flush=True)
 
-    root = clipart_root(Path(args.cache))
-    found = category_files(root, cats)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="imgcls-bench-cleaning-"))
     store = Store(work / "data")
     spawn = multiprocessing.get_context("spawn")
@@ -116,22 +114,12 @@ def main() -> int:
     rows = []
     with ProcessPoolExecutor(2, mp_context=spawn) as pool:
         # everything once, with the true labels: de-duplicated, normalised 512 px copies
-        all_wid, stored = workshop(store, "all images", labels,
-                                   [(short_name(c), f) for c in cats for f in found[c]], pool)
-        by_label: dict[str, list[Path]] = {}
-        for image_id, _ in stored.items():
-            row = store.image(image_id)
-            by_label.setdefault(row["label"], []).append(store.image_path(row))
+        by_label = ingest_categories(store, cats, Path(args.cache), pool)
         print("usable images: " + ", ".join(f"{k} {len(v)}" for k, v in by_label.items()), flush=True)
         for seed in seeds:
             rng = random.Random(seed)
-            test, pool_files = [], []
-            for label, files in by_label.items():
-                files = sorted(files)
-                rng.shuffle(files)
-                n_test = round(len(files) * args.test_share)
-                test += [(f.read_bytes(), label) for f in files[:n_test]]
-                pool_files += [(label, f) for f in files[n_test:]]
+            test_files, pool_files = hold_out(by_label, rng, args.test_share)
+            test = [(f.read_bytes(), label) for label, f in test_files]
             flipped = set(rng.sample(range(len(pool_files)), round(len(pool_files) * args.noise)))
             noisy_files = [(rng.choice([x for x in labels if x != label]) if i in flipped else label, f)
                            for i, (label, f) in enumerate(pool_files)]

@@ -55,3 +55,34 @@ def category_files(root: Path, categories: Sequence[str], min_side: int = 64,
 
 def short_name(category: str) -> str:
     return category.rstrip("/").split("/")[-1]
+
+
+def ingest_categories(store, categories: Sequence[str], cache: Path, pool=None) -> dict[str, list[Path]]:
+    """Every usable image of the categories ingested once into `store` (near-duplicates dropped, normalised
+    512 px copies), as {short label: sorted stored files}."""
+    from imgcls.collect import add_files
+    from imgcls.types import ImageMeta
+
+    found = category_files(clipart_root(cache), categories)
+    labels = [short_name(c) for c in categories]
+    ws = store.create_workshop("all images: " + ", ".join(categories), labels)
+    files = [(short_name(c), f) for c in categories for f in found[c]]
+    added = add_files(store, ws["id"], files, meta=ImageMeta(source="folder", added_by="bench"), pool=pool)
+    by_label: dict[str, list[Path]] = {label: [] for label in labels}
+    for outcome in added:
+        if outcome.outcome.ok:
+            row = store.image(outcome.outcome.image_id)
+            by_label[row["label"]].append(store.image_path(row))
+    return {label: sorted(files) for label, files in by_label.items()}
+
+
+def hold_out(by_label: dict[str, list[Path]], rng, share: float) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(test, rest) as (label, file) pairs: `share` of each label, drawn with `rng`, is the held-out test set."""
+    test, rest = [], []
+    for label, files in by_label.items():
+        files = sorted(files)
+        rng.shuffle(files)
+        n_test = round(len(files) * share)
+        test += [(label, f) for f in files[:n_test]]
+        rest += [(label, f) for f in files[n_test:]]
+    return test, rest

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from imgcls.cleaning import RELABEL
 
-from .render import choice_emoji, code, epoch_table, flat, plain, seconds
+from .render import choice_emoji, code, epoch_table, flat, plain, right_of, seconds
 
 # Discord's limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits)
 TITLE, DESCRIPTION, FIELDS, FIELD_NAME, FIELD_VALUE, FOOTER, AUTHOR, TOTAL, PER_MESSAGE = (
@@ -118,15 +118,16 @@ def run_results(run: Mapping[str, Any], *, suspects: str = "", files: Mapping[st
     learning curve as two more embeds when their files are attached. `files`: artefact name -> attachment name."""
     m, params = run.get("metrics") or {}, run.get("params") or {}
     main = {
-        "title": f"Run {run['id']} finished: {m.get('accuracy', 0):.1%} right",
+        "title": f"Run {run['id']} finished: {right_of(m)}",
         "description": (f"On {m.get('n_valid', '?')} validation images it never trained on. "
                         + (suspects or "")).strip(),
         "color": GREEN,
         "fields": [
-            _field("Accuracy", f"**{m.get('accuracy', 0):.1%}**", True),
+            _field("Accuracy", f"**{right_of(m, short=True)}** ({m.get('accuracy', 0):.1%})", True),
             _field("Images", f"{m.get('n_train', '?')} train · {m.get('n_valid', '?')} valid", True),
             _field("Model", f"{code(params.get('arch', '?'))}, {params.get('size', '?')} px, "
                             f"{seconds(m.get('seconds'))}", True),
+            *([_field("Recipe", f"Automatic: {params['recipe']}")] if params.get("recipe") else []),
             _field("Epochs", epoch_table((run.get("epochs") or [])[-EPOCH_ROWS:])),
             _field("Most confused", confused_value(run.get("most_confused") or [])),
         ],
@@ -156,13 +157,14 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
         desc = (f"Both models on the same {diff.n} validation images, with the labels they have now: run "
                 f"{before['id']}'s got **{diff.before_right} of {diff.n}** right, run {after['id']}'s "
                 f"**{diff.after_right} of {diff.n}**.")
-        fields.append(_field("Each run's own figure", f"run {before['id']}: {a0:.1%} on {m0.get('n_valid', '?')} "
-                             f"images as labelled then\nrun {after['id']}: {a1:.1%} on {m1.get('n_valid', '?')}"))
+        fields.append(_field("Each run's own figure", f"run {before['id']}: {right_of(m0)} as labelled then\n"
+                                                      f"run {after['id']}: {right_of(m1)}"))
         fields.append(_field("Wrong → right", _images(diff.fixed, "was") or "none", True))
         fields.append(_field("Right → wrong", _images(diff.broken, "now") or "none", True))
     else:
         title = f"Before/after cleaning: {a0:.1%} → {a1:.1%} ({(a1 - a0) * 100:+.1f} points)"
-        desc = f"Run {before['id']} against run {after['id']}, each on its own validation images."
+        desc = (f"Run {before['id']} against run {after['id']}, each on its own validation images: "
+                f"{right_of(m0)} before, {right_of(m1)} after.")
     n0 = len((before.get("snapshot") or {}).get("items") or [])
     n1 = len((after.get("snapshot") or {}).get("items") or [])
     fields.insert(0, _field("Dataset", f"{n0} → {n1} images", True))

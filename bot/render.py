@@ -76,6 +76,28 @@ def seconds(s: Optional[float]) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def recipe_brief(params: Any) -> str:
+    """A run's parameters in a few words; those the automatic recipe will choose say so."""
+    auto = set(params.auto)
+    if {"arch", "size", "epochs"} <= auto:
+        return "automatic recipe"
+    parts = [params.arch if "arch" not in auto else "",
+             f"{params.epochs} epoch{'s' if params.epochs != 1 else ''}" if "epochs" not in auto else "",
+             f"{params.size} px" if "size" not in auto else ""]
+    return ", ".join(p for p in parts if p) + (", the rest automatic" if auto else "")
+
+
+def right_of(metrics: Mapping[str, Any], short: bool = False) -> str:
+    """A run's accuracy with what it rests on: "25 of 29 right (86%)"; short: "25/29 right"."""
+    acc, n = metrics.get("accuracy"), metrics.get("n_valid")
+    if acc is None:
+        return "no accuracy yet"
+    if not n:
+        return f"{acc:.1%} right"
+    right = round(acc * n)
+    return f"{right}/{n} right" if short else f"{right} of {n} right ({acc:.0%})"
+
+
 # ---------------------------------------------------------------- workshop and images
 
 
@@ -122,10 +144,12 @@ def epoch_table(epochs: Iterable[Mapping[str, Any]]) -> str:
 
 def train_status(run_id: int, *, state: str, epochs: Sequence[Mapping[str, Any]] = (), stage: str = "",
                  batch: tuple[int, int] = (0, 0), epoch: tuple[int, int] = (0, 0), eta: Optional[float] = None,
-                 position: Optional[int] = None) -> str:
+                 position: Optional[int] = None, recipe: str = "") -> str:
     lines = [f"**Run {run_id}** — {state}"]
     if position:
         lines[0] += f" (position {position} in the queue)"
+    if recipe:
+        lines.append(f"Automatic recipe: {recipe}")  # the job's own words: no user text in it
     if stage:
         lines.append(stage)
     if epoch[1]:
@@ -143,7 +167,7 @@ def runs_list(runs: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> st
     for r in runs[-15:]:
         m = r.get("metrics") or {}
         size = len((r.get("snapshot") or {}).get("items") or [])
-        acc = f"{m['accuracy']:.1%}" if "accuracy" in m else r["status"]
+        acc = right_of(m, short=True) if "accuracy" in m else r["status"]
         who = names.get(str(r.get("requested_by")), "someone")
         when = (r.get("finished_at") or r.get("created_at") or "")[:16].replace("T", " ")
         lines.append(f"run {r['id']}: {acc}, {size} images, {(r.get('params') or {}).get('arch', '?')}, "

@@ -25,9 +25,10 @@ class Settings:
     discord_token: str = ""
     data_dir: str = "data"
     log_level: str = "INFO"
-    default_arch: str = "lite0"
-    default_size: int = 224
-    default_epochs: int = 3
+    default_arch: str = "auto"  # "auto": the automatic recipe chooses (imgcls.recipe)
+    default_size: int = 0  # 0: the automatic recipe chooses
+    default_epochs: int = 0  # 0: the automatic recipe chooses
+    train_budget: float = 300.0  # seconds of fine_tune the automatic recipe aims to stay within
     host_role: str = ""
     dev_guild_id: Optional[int] = None
     message_content_intent: bool = False
@@ -116,8 +117,8 @@ def load_settings(environ: Optional[Mapping[str, str]] = None, env_file: Optiona
 
 
 def check(s: Settings) -> None:
-    if s.default_arch not in ARCHS:
-        raise SettingsError(f"DEFAULT_ARCH must be one of {', '.join(ARCHS)}.")
+    if s.default_arch not in (*ARCHS, "auto"):
+        raise SettingsError(f"DEFAULT_ARCH must be auto (the automatic recipe chooses) or one of {', '.join(ARCHS)}.")
     if s.executor not in ("process", "dask"):
         raise SettingsError("EXECUTOR must be 'process' (training in a local worker process) or 'dask' (on the GPU "
                             "workers of a Dask scheduler, DASK_SCHEDULER).")
@@ -131,7 +132,7 @@ def check(s: Settings) -> None:
     if bad:
         raise SettingsError(f"DOWNLOAD_SOURCES has unknown sources {', '.join(bad)}; choose from {', '.join(SOURCES)}.")
     for name in ("train_slots", "max_images_per_label", "max_labels", "max_epochs", "max_queue_per_guild",
-                 "vote_quorum", "clean_count", "default_epochs"):
+                 "vote_quorum", "clean_count"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{name.upper()} must be at least 1.")
     if s.suspect_method not in SUSPECT_METHODS:
@@ -140,8 +141,13 @@ def check(s: Settings) -> None:
         raise SettingsError("CLEAN_THREAD_AT must be 0 or more.")
     if s.train_keep_warm < 0:
         raise SettingsError("TRAIN_KEEP_WARM must be 0 (keep no warm training process) or more seconds.")
-    if not 64 <= s.default_size <= 512:
-        raise SettingsError("DEFAULT_SIZE must be between 64 and 512 pixels.")
+    if s.default_size and not 64 <= s.default_size <= 512:
+        raise SettingsError("DEFAULT_SIZE must be 0 (the automatic recipe chooses) or 64 to 512 pixels.")
+    if s.default_epochs < 0 or s.default_epochs > s.max_epochs:
+        raise SettingsError(f"DEFAULT_EPOCHS must be 0 (the automatic recipe chooses) or 1 to MAX_EPOCHS "
+                            f"({s.max_epochs}).")
+    if s.train_budget < 10:
+        raise SettingsError("TRAIN_BUDGET must be at least 10 seconds (300 suits a workshop on a CPU).")
     if not 0 <= s.confidence_threshold <= 1:
         raise SettingsError("CONFIDENCE_THRESHOLD must be between 0 and 1.")
     if s.progress_interval < 0 or s.train_timeout <= 0:

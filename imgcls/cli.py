@@ -118,13 +118,17 @@ def cmd_train(store: Store, args: argparse.Namespace) -> int:
     from .runs import RunParams, train_workshop
 
     ws = store.find_workshop(args.name)
-    params = RunParams(arch=args.arch, epochs=args.epochs, size=args.size, bs=args.bs, device=args.device,
-                       valid_pct=args.valid_pct, seed=args.seed, suspects=args.suspects)
+    auto = tuple(name for name in ("arch", "size", "epochs") if getattr(args, name) is None)
+    given = {name: getattr(args, name) for name in ("arch", "size", "epochs") if getattr(args, name) is not None}
+    params = RunParams(**given, bs=args.bs, device=args.device, valid_pct=args.valid_pct, seed=args.seed,
+                       suspects=args.suspects, auto=auto, budget=args.budget)
     line = ProgressLine(sys.stdout)
     state = {"header": False}
 
     def progress(ev: Progress) -> None:
-        if ev.kind == "notice" or ev.message.startswith("waiting for a GPU worker"):
+        if ev.kind == "recipe":
+            line.print(f"automatic recipe: {ev.message}")
+        elif ev.kind == "notice" or ev.message.startswith("waiting for a GPU worker"):
             line.print(ev.message)  # news, not a passing stage: shown even when output is a file
         elif ev.kind == "stage":
             line.update(ev.message + "…")
@@ -377,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated, tried in order: openverse, wikimedia, ddg (default: openverse)")
     sp.add_argument("--jobs", type=int, default=0, help="ingest processes (default: one per CPU)")
     sp = add("train", cmd_train, "train a classifier on the workshop's images")
-    sp.add_argument("--arch", default="lite0", choices=ARCHS)
-    sp.add_argument("--epochs", type=int, default=3)
-    sp.add_argument("--size", type=int, default=224, help="image size in pixels")
+    sp.add_argument("--arch", default=None, choices=ARCHS, help="default: the automatic recipe chooses")
+    sp.add_argument("--epochs", type=int, default=None, help="after the first, frozen one (default: automatic)")
+    sp.add_argument("--size", type=int, default=None, help="image size in pixels (default: automatic)")
+    sp.add_argument("--budget", type=float, default=300, help="the automatic recipe's training time budget, seconds")
     sp.add_argument("--bs", type=int, default=32, help="batch size")
     sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     sp.add_argument("--valid-pct", type=float, default=0.2)

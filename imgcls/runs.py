@@ -41,6 +41,8 @@ class RunParams:
     augment: bool = True
     suspects: str = "auto"  # how the job checks every image: auto, kfold, embed, insample, none
     folds: int = 4
+    auto: tuple[str, ...] = ()  # of "arch", "size", "epochs": chosen in the job by the automatic recipe
+    budget: float = 300.0  # the automatic recipe's fine_tune time budget, in seconds
 
 
 def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Optional[int] = None) -> TrainSpec:
@@ -50,8 +52,9 @@ def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Option
     sides = SplitBook(store).assign(workshop_id, rows, seed=params.seed, valid_pct=params.valid_pct)
     items = tuple(TrainItem(r["id"], str(store.image_path(r)), r["label"], valid=sides[r["id"]]) for r in rows)
     credits = tuple((r["id"], line) for r in rows if (line := credit_line(r, short=True)))
+    fields = {**vars(params), "auto": tuple(params.auto)}  # a list once read back from a run's JSON
     spec = TrainSpec(items=items, labels=tuple(store.labels(workshop_id)), out_dir="", run_id=run_id,
-                     credits=credits, **vars(params))
+                     credits=credits, **fields)
     check_spec(spec)
     return spec
 

@@ -660,6 +660,9 @@ class Store:
                 snapshot={**(self.run(run_id)["snapshot"] or {}), "split": plain["split"]},
                 model_path=result.model_path, model_sha256=result.model_sha256, artefacts=dict(result.artefacts),
                 onnx_path=result.onnx_path or None, onnx_sha256=result.onnx_sha256 or None,
+                # what it trained with, the automatic recipe's choices included (a retrain repeats them)
+                params={**(self.run(run_id)["params"] or {}), **dict(result.chosen),
+                        **({"recipe": result.recipe} if result.recipe else {})},
             )
 
     def record_snapshot(self, run_id: int, items: Iterable[tuple[int, str]]) -> None:

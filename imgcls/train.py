@@ -169,6 +169,19 @@ def fine_tune(learn, spec: TrainSpec, cbs=()) -> None:
         raise TrainingFailed("The GPU ran out of memory; train again with a smaller batch size or image size.") from exc
 
 
+def apply_recipe(spec: TrainSpec, device: str) -> tuple[TrainSpec, str]:
+    """The spec with the automatic recipe's arch, size and epochs (those in spec.auto) for its training images on
+    `device` (imgcls.recipe), and the recipe's one line saying what it chose and why."""
+    from .recipe import choose
+
+    n_train = sum(1 for item in spec.items if not item.valid)
+    recipe = choose(n_train, device, spec.budget, bs=spec.bs, freeze_epochs=spec.freeze_epochs,
+                    arch=None if "arch" in spec.auto else spec.arch,
+                    size=None if "size" in spec.auto else spec.size,
+                    epochs=None if "epochs" in spec.auto else spec.epochs)
+    return replace(spec, arch=recipe.arch, size=recipe.size, epochs=recipe.epochs, auto=()), recipe.why
+
+
 def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult:
     """Fine-tune a pretrained model on the spec's images; export it and its interpretation; check every image."""
     emit = progress or (lambda event: None)
@@ -194,6 +207,10 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     emit(Progress("stage", message="preparing images"))
     items = with_split(spec)
     spec = replace(spec, items=items)
+    recipe = ""
+    if spec.auto:
+        spec, recipe = apply_recipe(spec, device)
+        emit(Progress("recipe", message=recipe))
     dls = build_dataloaders(spec, device, items)
     check_split(spec, dls)
     emit(Progress("stage", message=f"loading pretrained {spec.arch}"))
@@ -342,6 +359,9 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
         scoring_error=scoring_error,
         parent_predictions=parent_predictions,
         onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path) if onnx_path else "",
+        chosen=(("arch", spec.arch), ("size", spec.size), ("epochs", spec.epochs),
+                ("freeze_epochs", spec.freeze_epochs), ("auto", ())),
+        recipe=recipe,
     )
 
 

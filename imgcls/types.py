@@ -169,6 +169,8 @@ class TrainSpec:
     suspects: str = "auto"  # one of SUSPECT_METHODS: how every image is checked after training
     folds: int = 4  # for suspects="kfold"
     compare: Optional[CompareTo] = None  # the run before this one, for /retrain's before/after
+    auto: tuple[str, ...] = ()  # of "arch", "size", "epochs": what the automatic recipe chooses (imgcls.recipe)
+    budget: float = 300.0  # seconds of fine_tune the automatic recipe aims to stay within
 
     @property
     def total_epochs(self) -> int:
@@ -241,6 +243,8 @@ class TrainResult:
     parent_predictions: tuple[tuple[int, str, float], ...] = ()  # the compared run's model on our valid images
     onnx_path: str = ""  # the same model as ONNX, for light prediction ("" when the export failed)
     onnx_sha256: str = ""
+    chosen: tuple[tuple[str, Any], ...] = ()  # what the run trained with: arch, size, epochs, freeze_epochs
+    recipe: str = ""  # the automatic recipe's one line (what it chose and why); "" when set by hand
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class RunView:
         self.epoch = (0, 0)
         self.batch = (0, 0)
         self.position: Optional[int] = None
+        self.recipe = ""  # the automatic recipe's line: what it chose and why
         self._t0: Optional[float] = None
         self._done_batches = 0
 
@@ -55,6 +56,8 @@ class RunView:
         self.state = "training"
         if p.kind in ("stage", "notice"):
             self.stage = p.message
+        elif p.kind == "recipe":
+            self.recipe = p.message
         elif p.kind == "epoch_start":
             self._t0 = self._t0 or time.monotonic()
             self.stage = ""
@@ -74,7 +77,8 @@ class RunView:
 
     def text(self) -> str:
         return render.train_status(self.run_id, state=self.state, epochs=self.epochs, stage=self.stage,
-                                   batch=self.batch, epoch=self.epoch, eta=self.eta(), position=self.position)
+                                   batch=self.batch, epoch=self.epoch, eta=self.eta(), position=self.position,
+                                   recipe=self.recipe)
 
 
 class Training(commands.Cog):
@@ -111,10 +115,18 @@ class Training(commands.Cog):
                         epochs: Optional[app_commands.Range[int, 1, 100]] = None,
                         size: Optional[app_commands.Range[int, 64, 512]] = None) -> None:
         ws = await workshop_here(interaction)
+        await self._queue(interaction, ws, self.params_for(arch, epochs, size), parent=None)
+
+    def params_for(self, arch: Optional[str], epochs: Optional[int], size: Optional[int]) -> RunParams:
+        """A /train's options, else the settings' defaults; what neither fixes, the automatic recipe chooses in the
+        job, where the device is known (imgcls.recipe)."""
         s = self.bot.settings
-        params = RunParams(arch=arch or s.default_arch, epochs=epochs or s.default_epochs, size=size or s.default_size,
-                           suspects=s.suspect_method)
-        await self._queue(interaction, ws, params, parent=None)
+        arch = arch or (s.default_arch if s.default_arch != "auto" else None)
+        epochs, size = epochs or s.default_epochs or None, size or s.default_size or None
+        auto = tuple(name for name, value in (("arch", arch), ("size", size), ("epochs", epochs)) if value is None)
+        plain = RunParams()
+        return RunParams(arch=arch or plain.arch, epochs=epochs or plain.epochs, size=size or plain.size,
+                         suspects=s.suspect_method, auto=auto, budget=s.train_budget)
 
     @app_commands.command(name="retrain", description="Train again on the cleaned data and compare with before")
     @app_commands.guild_only()
@@ -123,7 +135,8 @@ class Training(commands.Cog):
         ws = await workshop_here(interaction)
         before = await self.bot.db(self.bot.store.latest_run, ws["id"])
         params = RunParams(**{k: v for k, v in (before["params"] or {}).items() if k in RunParams.__dataclass_fields__})
-        params = replace(params, suspects=self.bot.settings.suspect_method)
+        # the same recipe as the run before (the automatic one's choices included), so before/after shows the cleaning
+        params = replace(params, suspects=self.bot.settings.suspect_method, auto=())
         await self._queue(interaction, ws, params, parent=before)
 
     async def _queue(self, interaction: discord.Interaction, ws: dict, params: RunParams,
@@ -154,8 +167,8 @@ class Training(commands.Cog):
             what = "Retraining on the cleaned data" if parent else "Training"
             where = "starting now" if position == 0 else f"queued at position {position}"
             await interaction.response.send_message(
-                f"{what}: run {run_id} ({params.arch}, {params.epochs} epochs, {params.size} px, "
-                f"{len(spec.items)} images) is {where}. Progress below.")
+                f"{what}: run {run_id} ({render.recipe_brief(params)}, {len(spec.items)} images) is {where}. "
+                "Progress below.")
             message = await interaction.channel.send(view.text())
             payload["message"] = message
             await self.bot.db(self.bot.store.set_run_message, run_id, message.id)
@@ -239,7 +252,7 @@ class Training(commands.Cog):
                                            f"{render.plain((run['error'] or 'no reason given')[:500])}"),
                                allowed_mentions=self._only(job.payload["requester"]))
             return
-        view.state, view.stage, view.epoch = f"done, accuracy {run['metrics']['accuracy']:.1%}", "", (0, 0)
+        view.state, view.stage, view.epoch = f"done, {render.right_of(run['metrics'])}", "", (0, 0)
         await self._edit(message, view.text())
         await self.post_results(channel, run, mention=mention, requester=job.payload["requester"])
         parent = job.payload.get("parent")

@@ -69,7 +69,7 @@ class Workshop(commands.Cog):
         if done:
             m = done[-1]["metrics"] or {}
             lines.append(f"Model in use: run {done[-1]['id']} ({(done[-1]['params'] or {}).get('arch')}, "
-                         f"accuracy {m.get('accuracy', 0):.1%}).")
+                         f"{render.right_of(m)} on validation images).")
         else:
             lines.append("No trained model yet.")
         jobs = self.bot.queue.jobs_for(ws["id"])

@@ -2,6 +2,7 @@
 apply, undo, retrain with before/after, classify pasted images — a real lite0 run under SimCord."""
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import replace
 
@@ -44,7 +45,8 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
     assert "run 1" in result.response.content and "starting now" in result.response.content
     posted = bot_messages(world)
     status = next(m for m in posted if m.content.startswith("**Run 1**"))
-    assert "done, accuracy" in status.content and "epoch" in status.content
+    assert re.search(r"done, \d+ of 6 right \(\d+%\)", status.content) and "epoch" in status.content
+    assert "Automatic recipe" not in status.content  # options given by hand: no recipe
     results = next(m for m in posted if "Run 1 finished" in shown(m))
     assert f"<@{world.host.id}>" in results.content
     assert "Most confused" in shown(results) and "Accuracy" in shown(results)
@@ -146,8 +148,8 @@ async def test_a_workshop_from_training_to_cleaning_to_prediction(world, setting
 
     # delete one image by hand through the audit log, then /retrain shows before and after
     store.delete_image(deleted["workshop_id"], first_row["image_id"], who="host", why="blurry")
-    re = await world.host.slash(ch, "retrain")
-    assert "run 2" in re.response.content and "Retraining" in re.response.content
+    again = await world.host.slash(ch, "retrain")
+    assert "run 2" in again.response.content and "Retraining" in again.response.content
     compare = next(m for m in bot_messages(world) if shown(m).startswith("Before/after cleaning"))
     text = shown(compare)
     assert "run 1" in text and "run 2" in text and "24 → 23 images" in text
@@ -172,3 +174,34 @@ async def test_an_interrupted_run_is_announced_after_a_restart(world, settings, 
     assert any(f"Run {run_id} was interrupted" in m.content for m in world.channel.history())
     assert store.run(run_id)["status"] == "interrupted"
     store.close()
+
+
+@pytest.mark.parametrize("settings", [{"default_arch": "auto"}], indirect=True)
+async def test_train_with_no_options_runs_the_automatic_recipe_and_says_what_it_chose(world, settings, tmp_path):
+    from imgcls.recipe import CANDIDATES
+
+    ch = world.channel
+    await world.host.slash(ch, "workshop start", name="Auto", labels=", ".join(LABELS))
+    seed_images(settings, tmp_path, "Auto", per_label=8)
+    # the settings fix size and epochs (small, for a quick test); the backbone is left to the recipe
+    result = await world.host.slash(ch, "train")
+    assert "run 1 (1 epoch, 64 px, the rest automatic, 24 images)" in result.response.content
+    arch = CANDIDATES["cpu"][0][0]
+    status = next(m for m in bot_messages(world) if m.content.startswith("**Run 1**"))
+    [line] = [x for x in status.content.splitlines() if x.startswith("Automatic recipe: ")]
+    assert line.startswith(f"Automatic recipe: {arch} at 64 px, 1 + 1 epochs:")
+    assert "18 training images on" in line and "(kept: size 64, epochs 1)" in line
+    results = next(m for m in bot_messages(world) if "Run 1 finished" in shown(m))
+    assert re.search(r"Run 1 finished: \d+ of 6 right \(\d+%\)", shown(results))
+    assert f"Automatic: {arch} at 64 px" in shown(results)
+    status_reply = await world.alice.slash(ch, "workshop status")
+    assert re.search(rf"Model in use: run 1 \({arch}, \d+ of 6 right", shown(status_reply.response))
+    # a retrain repeats what the recipe chose, so before/after shows the cleaning and nothing else
+    await world.host.slash(ch, "retrain")
+    store = Store(settings.data_dir)
+    try:
+        first, second = store.run(1)["params"], store.run(2)["params"]
+    finally:
+        store.close()
+    assert (second["arch"], second["size"], second["epochs"], second["auto"]) == (arch, 64, 1, [])
+    assert first["recipe"] and "recipe" not in second

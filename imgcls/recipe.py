@@ -1,0 +1,130 @@
+"""The automatic training recipe: backbone, image size and epochs for this dataset on this device, within a budget.
+
+    recipe = choose(n_train=240, device="cpu", budget=300)
+    recipe.arch, recipe.size, recipe.epochs, recipe.why
+    # ('lite0', 192, 4, 'lite0 at 192 px, 1 + 4 epochs: ...')
+
+Pure Python, no torch: the training job calls it once it knows its device (imgcls.train), and the
+benchmark that chose the numbers below calls it too (bench/accuracy.py).
+
+Where the numbers come from: `bench/accuracy.py` on Debian's openclipart-png (five categories,
+about 240 training images, a held-out test set, 3 seeds). `CANDIDATES` lists, per device, the
+configurations worth running, best first by the benchmark's test accuracy; the recipe takes the
+first whose estimated training time fits the budget. `COST` is the measured wall time per training
+image and epoch on a 2-core CPU; the CUDA costs are estimates (the data loading on the CPU
+dominates there), not measurements.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+#: Each epoch of the benchmark's best recipes took this many optimiser steps (240 images, batch 32)...
+BENCH_STEPS_PER_EPOCH = 8
+#: ... so a smaller dataset gets more epochs, up to this many, to see as many steps.
+MAX_AUTO_EPOCHS = 10
+MIN_AUTO_EPOCHS = 2
+EPOCH_OVERHEAD_S = 1.0  # per epoch whatever the dataset: the learner's callbacks, the first batches' warm-up
+FROZEN_EPOCH_SHARE = 0.6  # a frozen epoch costs about this share of an unfrozen one (no backward through the body)
+
+#: (arch, size, unfrozen epochs at the benchmark's size), best first, per device.
+CANDIDATES: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "cpu": (
+        ("lite0", 192, 4),
+        ("lite0", 160, 4),
+        ("lite0", 128, 3),
+    ),
+    "cuda": (
+        ("lite2", 224, 6),
+        ("lite1", 224, 6),
+        ("lite0", 224, 5),
+        ("lite0", 160, 4),
+    ),
+}
+
+#: Wall seconds per training image per unfrozen epoch (validation included), lite0 at 128 px, 2 CPU cores.
+CPU_BASE_COST = 0.0185
+#: How much more an epoch costs than lite0 at 128 px, per backbone at the same size (measured on the CPU).
+ARCH_FACTOR = {"lite0": 1.0, "lite1": 1.3, "lite2": 1.6, "resnet18": 1.1, "resnet34": 2.0}
+#: Per image and epoch on a GPU: decoding and resizing on the CPU dominate (an estimate, not a measurement).
+CUDA_COST = 0.006
+#: The CPU counts the costs were measured with.
+BENCH_CPUS = 2
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str
+    size: int
+    epochs: int
+    freeze_epochs: int
+    estimate_s: float  # the estimated fine_tune time
+    why: str  # one line for the channel: what was chosen and why
+
+
+def epoch_cost(arch: str, size: int, device: str, cpus: Optional[int] = None) -> float:
+    """Estimated wall seconds per training image per unfrozen epoch."""
+    if device == "cuda":
+        return CUDA_COST * ARCH_FACTOR.get(arch, 1.5) ** 0.5 * (size / 224) ** 2
+    cpus = cpus or os.cpu_count() or 1
+    speedup = (max(1, cpus) / BENCH_CPUS) ** 0.7  # intra-op threads scale well short of linearly
+    return CPU_BASE_COST * ARCH_FACTOR.get(arch, 1.5) * (size / 128) ** 2 / speedup
+
+
+def estimate(n_train: int, arch: str, size: int, epochs: int, freeze_epochs: int, device: str,
+             cpus: Optional[int] = None) -> float:
+    per_epoch = n_train * epoch_cost(arch, size, device, cpus) + EPOCH_OVERHEAD_S
+    return per_epoch * (epochs + FROZEN_EPOCH_SHARE * freeze_epochs)
+
+
+def scaled_epochs(base: int, n_train: int, bs: int) -> int:
+    """The benchmark's epochs, raised for a small dataset so it gets about as many optimiser steps."""
+    steps = max(1, math.ceil(n_train / max(1, bs)))
+    wanted = math.ceil(base * BENCH_STEPS_PER_EPOCH / steps)
+    return max(base, min(MAX_AUTO_EPOCHS, wanted))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
+
+
+def choose(n_train: int, device: str, budget: float, *, bs: int = 32, arch: Optional[str] = None,
+           size: Optional[int] = None, epochs: Optional[int] = None, freeze_epochs: int = 1,
+           cpus: Optional[int] = None) -> Recipe:
+    """The first candidate for `device` whose estimated time for `n_train` images fits `budget` seconds.
+
+    `arch`, `size` and `epochs` given by a host are kept, and the recipe fills in the rest. When nothing
+    fits, the cheapest candidate is trimmed to `MIN_AUTO_EPOCHS`, and the line says it will take longer.
+    """
+    kind = "cuda" if device == "cuda" else "cpu"
+    fixed = [f"{name} {value}" for name, value in (("arch", arch), ("size", size), ("epochs", epochs)) if value]
+    options = []
+    for c_arch, c_size, c_epochs in CANDIDATES[kind]:
+        a, s = arch or c_arch, size or c_size
+        e = epochs or scaled_epochs(c_epochs, n_train, bs)
+        if (a, s, e) not in [o[:3] for o in options]:
+            options.append((a, s, e))
+    where = "a GPU" if kind == "cuda" else f"{cpus or os.cpu_count() or 1} CPU cores"
+    images = f"{n_train} training images on {where}"
+    budget_text = f"the {_minutes(budget)} budget"
+    kept = f" (kept: {', '.join(fixed)})" if fixed else ""
+    for rank, (a, s, e) in enumerate(options):
+        # fewer epochs before a smaller model: the benchmark's first epochs gain the most
+        for tried in sorted({e, max(MIN_AUTO_EPOCHS, e - 1), max(MIN_AUTO_EPOCHS, e - 2)}, reverse=True):
+            if epochs and tried != e:
+                continue
+            t = estimate(n_train, a, s, tried, freeze_epochs, kind, cpus)
+            if t <= budget:
+                reason = ("the benchmark's most accurate recipe" if rank == 0 and tried == e
+                          else "the most accurate recipe that fits")
+                return Recipe(a, s, tried, freeze_epochs, t,
+                              f"{a} at {s} px, {freeze_epochs} + {tried} epochs: {reason} for {images} within "
+                              f"{budget_text} (about {_minutes(t)}){kept}.")
+    a, s, e = options[-1]
+    e = epochs or MIN_AUTO_EPOCHS
+    t = estimate(n_train, a, s, e, freeze_epochs, kind, cpus)
+    return Recipe(a, s, e, freeze_epochs, t,
+                  f"{a} at {s} px, {freeze_epochs} + {e} epochs: the quickest recipe; {images} need about "
+                  f"{_minutes(t)}, over {budget_text}{kept}.")

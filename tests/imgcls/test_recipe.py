@@ -1,0 +1,90 @@
+"""The automatic recipe: the benchmark's best configuration for the device, trimmed to the time budget, and one
+line saying why; and a real job that runs it and records what it chose."""
+from __future__ import annotations
+
+import pytest
+
+from imgcls import recipe
+from imgcls.recipe import CANDIDATES, MAX_AUTO_EPOCHS, MIN_AUTO_EPOCHS, choose, estimate
+
+
+def test_a_generous_budget_gets_the_benchmarks_best_recipe_for_the_device():
+    for device in ("cpu", "cuda"):
+        arch, size, epochs = CANDIDATES[device][0]
+        r = choose(240, device, budget=1e6, cpus=2)
+        assert (r.arch, r.size, r.epochs, r.freeze_epochs) == (arch, size, epochs, 1)
+        assert "most accurate" in r.why and "\n" not in r.why
+        assert f"{arch} at {size} px, 1 + {epochs} epochs" in r.why and "240 training images" in r.why
+
+
+def test_the_estimate_stays_within_the_budget_and_shrinks_the_recipe_to_fit():
+    n = 240
+    best = choose(n, "cpu", budget=1e6, cpus=2)
+    tight = choose(n, "cpu", budget=best.estimate_s / 2, cpus=2)
+    assert tight.estimate_s <= best.estimate_s / 2
+    assert (tight.size, tight.epochs, tight.arch) != (best.size, best.epochs, best.arch)
+    assert tight.estimate_s == pytest.approx(estimate(n, tight.arch, tight.size, tight.epochs, 1, "cpu", 2))
+    assert "fits" in tight.why and "within the" in tight.why
+
+
+def test_nothing_fits_then_the_quickest_recipe_and_the_line_says_it_takes_longer():
+    r = choose(5000, "cpu", budget=10, cpus=2)
+    assert r.epochs == MIN_AUTO_EPOCHS and r.estimate_s > 10
+    assert (r.arch, r.size) == CANDIDATES["cpu"][-1][:2]
+    assert "over the 10 s budget" in r.why
+
+
+def test_a_small_dataset_gets_more_epochs_up_to_a_cap():
+    base = CANDIDATES["cpu"][0][2]
+    assert choose(240, "cpu", 1e6, cpus=2).epochs == base
+    small = choose(60, "cpu", 1e6, cpus=2).epochs
+    assert base < small <= MAX_AUTO_EPOCHS
+    assert choose(12, "cpu", 1e6, cpus=2).epochs == MAX_AUTO_EPOCHS
+    assert choose(5000, "cpu", 1e9, cpus=2).epochs == base  # never fewer than the benchmark's for a big set
+
+
+def test_what_a_host_fixed_is_kept_and_said():
+    r = choose(240, "cpu", 1e6, arch="resnet18", epochs=7, cpus=2)
+    assert (r.arch, r.epochs) == ("resnet18", 7) and r.size == CANDIDATES["cpu"][0][1]
+    assert "(kept: arch resnet18, epochs 7)" in r.why
+    assert choose(240, "cpu", 1e6, size=96, cpus=2).size == 96
+
+
+def test_a_gpu_affords_more_than_a_cpu_in_the_same_budget():
+    cpu, gpu = choose(400, "cpu", 300, cpus=2), choose(400, "cuda", 300)
+    assert estimate(400, gpu.arch, gpu.size, gpu.epochs, 1, "cpu", 2) > cpu.estimate_s
+    assert "a GPU" in gpu.why and "2 CPU cores" in cpu.why
+
+
+def test_more_cores_are_faster_and_the_costs_grow_with_size_and_backbone():
+    assert recipe.epoch_cost("lite0", 128, "cpu", 16) < recipe.epoch_cost("lite0", 128, "cpu", 2)
+    assert recipe.epoch_cost("lite0", 128, "cpu", 2) < recipe.epoch_cost("lite0", 192, "cpu", 2) \
+        < recipe.epoch_cost("lite0", 224, "cpu", 2)
+    assert recipe.epoch_cost("lite0", 160, "cpu", 2) < recipe.epoch_cost("lite2", 160, "cpu", 2)
+    assert recipe.epoch_cost("lite0", 224, "cuda") < recipe.epoch_cost("lite0", 224, "cpu", 16)
+
+
+def test_a_job_with_the_automatic_recipe_trains_what_it_chose_and_records_it(store, tmp_path):
+    from imgcls.collect import add_files, folder_files
+    from imgcls.jobs import ProcessJobExecutor
+    from imgcls.runs import RunParams, train_workshop
+    from imgcls.types import ImageMeta
+
+    from ..conftest import write_image_folders
+
+    labels = ["circles", "squares"]
+    photos = write_image_folders(tmp_path / "photos", per_label=8, size=64, labels=labels)
+    ws = store.create_workshop("auto", labels)
+    add_files(store, ws["id"], folder_files(photos, labels), meta=ImageMeta(source="folder", added_by="tester"))
+    events = []
+    # the backbone is left to the recipe; size and epochs fixed small so the test stays quick
+    params = RunParams(size=64, epochs=1, bs=8, suspects="none", auto=("arch",), budget=300)
+    run = train_workshop(store, ws["id"], params, ProcessJobExecutor(), progress=events.append, timeout=300)
+    assert run["status"] == "done", run["error"]
+    chosen = CANDIDATES["cpu"][0][0]
+    lines = [e.message for e in events if e.kind == "recipe"]
+    assert len(lines) == 1 and lines[0].startswith(f"{chosen} at 64 px, 1 + 1 epochs")
+    assert "(kept: size 64, epochs 1)" in lines[0]
+    p = run["params"]
+    assert (p["arch"], p["size"], p["epochs"], p["auto"], p["recipe"]) == (chosen, 64, 1, [], lines[0])
+    assert len(run["epochs"]) == 2  # 1 frozen + 1, as chosen
