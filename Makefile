@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/predict.py
 	$(PY) bench/download.py
 	$(PY) bench/cleaning.py
+	$(PY) bench/accuracy.py
 	$(PY) bench/gpu_cluster.py
 
 clean-venv:

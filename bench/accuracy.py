@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.clipart import hold_out, ingest_categories, short_name  # noqa: E402
+from bot.settings import Settings  # noqa: E402
 from imgcls.split import split_items  # noqa: E402
 from imgcls.store import Store  # noqa: E402
 from imgcls.types import TrainItem, TrainSpec  # noqa: E402
@@ -73,13 +74,13 @@ class Config:
     why: str = ""
 
 
-def parse_config(name: str, n_images: int, device: str) -> Config:
+def parse_config(name: str, n_train: int, device: str, budget: float, bs: int) -> Config:
     if name == "notebook":
         return Config(name, "lite0", 224, 4)
     if name == "auto":
         from imgcls.recipe import choose
 
-        recipe = choose(n_images, device)
+        recipe = choose(n_train, device, budget, bs=bs)
         return Config(name, recipe.arch, recipe.size, recipe.epochs, recipe.freeze_epochs, why=recipe.why)
     parts = name.split("-")
     if len(parts) not in (3, 4) or not parts[2].startswith("e") or (len(parts) == 4 and parts[3] != "find"):
@@ -137,7 +138,7 @@ def report(rows: list[dict], configs: list[str], seeds: list[int]) -> dict:
     """The table: per configuration, test accuracy (mean ± half-range), TTA, validation, time ratio."""
     by = {(r["config"], r["seed"]): r for r in rows}
     base = {s: by[("notebook", s)] for s in seeds if ("notebook", s) in by}
-    print("\nconfiguration        test acc       with TTA       valid acc   train CPU s   ratio to notebook")
+    print("\nconfiguration        test acc       with TTA       valid acc   train CPU s  wall s  ratio to notebook")
     summary = {}
     for name in configs:
         done = [by[(name, s)] for s in seeds if (name, s) in by]
@@ -147,14 +148,16 @@ def report(rows: list[dict], configs: list[str], seeds: list[int]) -> dict:
         tta, tta_s = spread([r["tta_acc"] for r in done])
         val, _ = spread([r["valid_acc"] for r in done])
         cpu, _ = spread([r["cpu_s"] for r in done])
-        ratios = [r["cpu_s"] / base[r["seed"]]["cpu_s"] for r in done if r["seed"] in base]
+        wall, _ = spread([r["wall_s"] for r in done])
+        clock = "wall_s" if done[0]["device"] == "cuda" else "cpu_s"  # a GPU's time is not the process's CPU time
+        ratios = [r[clock] / base[r["seed"]][clock] for r in done if r["seed"] in base]
         ratio = statistics.mean(ratios) if ratios else float("nan")
         gains = [(r["test_acc"] - base[r["seed"]]["test_acc"]) * 100 for r in done if r["seed"] in base]
         summary[name] = {"test_acc": acc, "test_spread": acc_s, "tta_acc": tta, "tta_spread": tta_s,
-                         "valid_acc": val, "cpu_s": cpu, "ratio": ratio,
+                         "valid_acc": val, "cpu_s": cpu, "wall_s": wall, "ratio": ratio,
                          "gain_points": statistics.mean(gains) if gains else float("nan"), "seeds": len(done),
                          "arch": done[0]["arch"], "size": done[0]["size"], "epochs": done[0]["epochs"]}
-        print(f"{name:<20} {acc:.3f} ±{acc_s:.3f}   {tta:.3f} ±{tta_s:.3f}   {val:.3f}       {cpu:8.1f}      "
+        print(f"{name:<20} {acc:.3f} ±{acc_s:.3f}   {tta:.3f} ±{tta_s:.3f}   {val:.3f}       {cpu:8.1f} {wall:7.1f}  "
               f"{ratio:.2f}x" + (f"   ({len(done)} of {len(seeds)} seeds)" if len(done) < len(seeds) else ""))
     n_test = rows[0]["test_images"] if rows else 0
     print(f"\n(one test image is {100 / max(1, n_test):.1f} points; ± is half the range over seeds {seeds})")
@@ -179,6 +182,8 @@ def main() -> int:
     p.add_argument("--valid-pct", type=float, default=0.2)
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--budget", type=float, default=Settings.train_budget,
+                   help="the automatic recipe's time budget (default: the bot's TRAIN_BUDGET default)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "imgcls-clipart"))
     p.add_argument("--workdir", default=None, help="the ingested images (kept, so a rerun skips ingest)")
     p.add_argument("--jsonl", default=str(Path(tempfile.gettempdir()) / "imgcls-bench-accuracy.jsonl"))
@@ -207,6 +212,9 @@ def main() -> int:
         listing.write_text(json.dumps({k: [str(f) for f in v] for k, v in by_label.items()}))
     by_label = {k: v[:args.per_category] for k, v in by_label.items()}  # sorted by content hash: a fair draw
     print("usable images: " + ", ".join(f"{k} {len(v)}" for k, v in by_label.items()), flush=True)
+    short = [k for k, v in by_label.items() if len(v) < 60]
+    if short:
+        print(f"note: fewer than 60 usable images in {', '.join(short)}", flush=True)
 
     jsonl = Path(args.jsonl)
     rows = [] if args.fresh or not jsonl.exists() else [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -218,7 +226,7 @@ def main() -> int:
         test = [TrainItem(-1 - i, str(f), label, valid=False) for i, (label, f) in enumerate(test_pairs)]
         n_train = sum(1 for i in items if not i.valid)
         for name in names:
-            cfg = parse_config(name, len(items), args.device)
+            cfg = parse_config(name, n_train, args.device, args.budget, args.bs)
             done = next((r for r in rows if r["config"] == name and r["seed"] == seed
                          and (r["arch"], r["size"], r["epochs"]) == (cfg.arch, cfg.size, cfg.epochs)), None)
             if done:

@@ -193,15 +193,13 @@ def notebook_recipe(recipe: Recipe, progress: Callable[[Progress], None]) -> dic
     failed.map(Path.unlink)
 
     batch_tfms = aug_transforms()
-    if recipe.arch == "lite0":  # the same model construction as imgcls.archs.resolve / train.build_dataloaders
-        from imgcls.archs import LITE_STATS, lite0
+    # the same model construction as imgcls.archs.resolve / train.build_dataloaders
+    from imgcls.archs import LITE_STATS, resolve
+    from imgcls.types import LITE_ARCHS
 
-        arch, kwargs = lite0, {"cut": -2}
+    arch, kwargs = resolve(recipe.arch)
+    if recipe.arch in LITE_ARCHS:
         batch_tfms.append(Normalize.from_stats(*LITE_STATS))
-    else:
-        import torchvision.models
-
-        arch, kwargs = getattr(torchvision.models, recipe.arch), {}
     progress(Progress("stage", message="preparing images"))
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock),
@@ -380,7 +378,7 @@ def main() -> None:
     print(f"settings: {len(CLASSES)} classes x {args.per_label} photos, arch {args.arch}, size {args.size}, "
           f"epochs 1 frozen + {args.epochs}, bs {args.bs}, seed {args.seed}, repeat {args.repeat}, "
           f"{os.cpu_count()} CPUs, num_workers 0")
-    if args.arch != "lite0":  # fail now, not after the baseline has run, when the weights are not cached
+    if not args.arch.startswith("lite"):  # fail now, not after the baseline has run, when the weights are not cached
         from imgcls.archs import check_torchvision_weights
         from imgcls.errors import ImgclsError
 

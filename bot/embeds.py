@@ -153,7 +153,8 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
     fields = []
     if diff is not None and diff.n:
         delta = (diff.after_accuracy - diff.before_accuracy) * 100
-        title = f"Before/after cleaning: {diff.before_accuracy:.1%} → {diff.after_accuracy:.1%} ({delta:+.1f} points)"
+        title = (f"Before/after cleaning: {diff.before_right} → {diff.after_right} of {diff.n} right "
+                 f"({delta:+.1f} points)")
         desc = (f"Both models on the same {diff.n} validation images, with the labels they have now: run "
                 f"{before['id']}'s got **{diff.before_right} of {diff.n}** right, run {after['id']}'s "
                 f"**{diff.after_right} of {diff.n}**.")
@@ -162,7 +163,7 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
         fields.append(_field("Wrong → right", _images(diff.fixed, "was") or "none", True))
         fields.append(_field("Right → wrong", _images(diff.broken, "now") or "none", True))
     else:
-        title = f"Before/after cleaning: {a0:.1%} → {a1:.1%} ({(a1 - a0) * 100:+.1f} points)"
+        title = f"Before/after cleaning: {right_of(m0, short=True)} → {right_of(m1, short=True)} ({(a1 - a0) * 100:+.1f} points)"
         desc = (f"Run {before['id']} against run {after['id']}, each on its own validation images: "
                 f"{right_of(m0)} before, {right_of(m1)} after.")
     n0 = len((before.get("snapshot") or {}).get("items") or [])

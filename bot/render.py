@@ -170,7 +170,9 @@ def runs_list(runs: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> st
         acc = right_of(m, short=True) if "accuracy" in m else r["status"]
         who = names.get(str(r.get("requested_by")), "someone")
         when = (r.get("finished_at") or r.get("created_at") or "")[:16].replace("T", " ")
-        lines.append(f"run {r['id']}: {acc}, {size} images, {(r.get('params') or {}).get('arch', '?')}, "
+        params = r.get("params") or {}
+        arch = "automatic recipe" if "arch" in (params.get("auto") or ()) else params.get("arch", "?")
+        lines.append(f"run {r['id']}: {acc}, {size} images, {arch}, "
                      f"{when} UTC, by {who}" + (" (retrain)" if r.get("parent_run_id") else ""))
     return clip("\n".join(lines))
 

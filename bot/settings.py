@@ -146,8 +146,9 @@ def check(s: Settings) -> None:
     if s.default_epochs < 0 or s.default_epochs > s.max_epochs:
         raise SettingsError(f"DEFAULT_EPOCHS must be 0 (the automatic recipe chooses) or 1 to MAX_EPOCHS "
                             f"({s.max_epochs}).")
-    if s.train_budget < 10:
-        raise SettingsError("TRAIN_BUDGET must be at least 10 seconds (300 suits a workshop on a CPU).")
+    if not 10 <= s.train_budget < s.train_timeout:
+        raise SettingsError(f"TRAIN_BUDGET must be at least 10 seconds and under TRAIN_TIMEOUT ({s.train_timeout:g} s): "
+                            "it is the training time the automatic recipe aims for.")
     if not 0 <= s.confidence_threshold <= 1:
         raise SettingsError("CONFIDENCE_THRESHOLD must be between 0 and 1.")
     if s.progress_interval < 0 or s.train_timeout <= 0:

@@ -27,6 +27,7 @@ BENCH_STEPS_PER_EPOCH = 8
 MAX_AUTO_EPOCHS = 10
 MIN_AUTO_EPOCHS = 2
 EPOCH_OVERHEAD_S = 1.0  # per epoch whatever the dataset: the learner's callbacks, the first batches' warm-up
+SIZE_EXPONENT = 2.0  # cost grows with the size to this power
 FROZEN_EPOCH_SHARE = 0.6  # a frozen epoch costs about this share of an unfrozen one (no backward through the body)
 
 #: (arch, size, unfrozen epochs at the benchmark's size), best first, per device.
@@ -64,13 +65,20 @@ class Recipe:
     why: str  # one line for the channel: what was chosen and why
 
 
+def host_cpus() -> int:
+    """The CPU cores this process may use (a container's affinity, not the whole machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def epoch_cost(arch: str, size: int, device: str, cpus: Optional[int] = None) -> float:
     """Estimated wall seconds per training image per unfrozen epoch."""
     if device == "cuda":
         return CUDA_COST * ARCH_FACTOR.get(arch, 1.5) ** 0.5 * (size / 224) ** 2
-    cpus = cpus or os.cpu_count() or 1
-    speedup = (max(1, cpus) / BENCH_CPUS) ** 0.7  # intra-op threads scale well short of linearly
-    return CPU_BASE_COST * ARCH_FACTOR.get(arch, 1.5) * (size / 128) ** 2 / speedup
+    speedup = (max(1, cpus or host_cpus()) / BENCH_CPUS) ** 0.7  # intra-op threads scale well short of linearly
+    return CPU_BASE_COST * ARCH_FACTOR.get(arch, 1.5) * (size / 128) ** SIZE_EXPONENT / speedup
 
 
 def estimate(n_train: int, arch: str, size: int, epochs: int, freeze_epochs: int, device: str,
@@ -79,11 +87,11 @@ def estimate(n_train: int, arch: str, size: int, epochs: int, freeze_epochs: int
     return per_epoch * (epochs + FROZEN_EPOCH_SHARE * freeze_epochs)
 
 
-def scaled_epochs(base: int, n_train: int, bs: int) -> int:
+def scaled_epochs(base: int, n_train: int, bs: int, cap: int = MAX_AUTO_EPOCHS) -> int:
     """The benchmark's epochs, raised for a small dataset so it gets about as many optimiser steps."""
     steps = max(1, math.ceil(n_train / max(1, bs)))
     wanted = math.ceil(base * BENCH_STEPS_PER_EPOCH / steps)
-    return max(base, min(MAX_AUTO_EPOCHS, wanted))
+    return max(1, min(max(base, min(MAX_AUTO_EPOCHS, wanted)), cap))
 
 
 def _minutes(seconds: float) -> str:
@@ -92,39 +100,45 @@ def _minutes(seconds: float) -> str:
 
 def choose(n_train: int, device: str, budget: float, *, bs: int = 32, arch: Optional[str] = None,
            size: Optional[int] = None, epochs: Optional[int] = None, freeze_epochs: int = 1,
-           cpus: Optional[int] = None) -> Recipe:
+           max_epochs: int = 100, cpus: Optional[int] = None) -> Recipe:
     """The first candidate for `device` whose estimated time for `n_train` images fits `budget` seconds.
 
-    `arch`, `size` and `epochs` given by a host are kept, and the recipe fills in the rest. When nothing
-    fits, the cheapest candidate is trimmed to `MIN_AUTO_EPOCHS`, and the line says it will take longer.
+    `arch`, `size` and `epochs` given by a host are kept, and the recipe fills in the rest. Epochs never go over
+    `max_epochs` (the bot's MAX_EPOCHS). When nothing fits, the cheapest candidate is trimmed to
+    `MIN_AUTO_EPOCHS`, and the line says it will take longer.
     """
     kind = "cuda" if device == "cuda" else "cpu"
-    fixed = [f"{name} {value}" for name, value in (("arch", arch), ("size", size), ("epochs", epochs)) if value]
+    fixed = [name for name, value in (("backbone", arch), ("size", size), ("epochs", epochs)) if value]
+    floor = min(MIN_AUTO_EPOCHS, max_epochs)
     options = []
     for c_arch, c_size, c_epochs in CANDIDATES[kind]:
         a, s = arch or c_arch, size or c_size
-        e = epochs or scaled_epochs(c_epochs, n_train, bs)
+        e = epochs or scaled_epochs(c_epochs, n_train, bs, cap=max_epochs)
         if (a, s, e) not in [o[:3] for o in options]:
             options.append((a, s, e))
-    where = "a GPU" if kind == "cuda" else f"{cpus or os.cpu_count() or 1} CPU cores"
+    where = "a GPU" if kind == "cuda" else f"{cpus or host_cpus()} CPU cores"
     images = f"{n_train} training images on {where}"
-    budget_text = f"the {_minutes(budget)} budget"
-    kept = f" (kept: {', '.join(fixed)})" if fixed else ""
+    if fixed:
+        kept = " and ".join(fixed)
+        best = f"with the {kept} you set, the rest as the benchmark found best"
+        trimmed = f"with the {kept} you set, the rest trimmed to fit"
+    else:
+        best, trimmed = "the most accurate in the benchmark", "the most accurate recipe that fits"
     for rank, (a, s, e) in enumerate(options):
         # fewer epochs before a smaller model: the benchmark's first epochs gain the most
-        for tried in sorted({e, max(MIN_AUTO_EPOCHS, e - 1), max(MIN_AUTO_EPOCHS, e - 2)}, reverse=True):
+        for tried in sorted({e, max(floor, e - 1), max(floor, e - 2)}, reverse=True):
             if epochs and tried != e:
                 continue
             t = estimate(n_train, a, s, tried, freeze_epochs, kind, cpus)
             if t <= budget:
-                reason = ("the benchmark's most accurate recipe" if rank == 0 and tried == e
-                          else "the most accurate recipe that fits")
+                reason = best if rank == 0 and tried == e else trimmed
                 return Recipe(a, s, tried, freeze_epochs, t,
-                              f"{a} at {s} px, {freeze_epochs} + {tried} epochs: {reason} for {images} within "
-                              f"{budget_text} (about {_minutes(t)}){kept}.")
+                              f"{a} at {s} px, {freeze_epochs} + {tried} epochs: {reason}; {images}, about "
+                              f"{_minutes(t)} of the {_minutes(budget)} budget.")
     a, s, e = options[-1]
-    e = epochs or MIN_AUTO_EPOCHS
+    e = epochs or floor
     t = estimate(n_train, a, s, e, freeze_epochs, kind, cpus)
     return Recipe(a, s, e, freeze_epochs, t,
-                  f"{a} at {s} px, {freeze_epochs} + {e} epochs: the quickest recipe; {images} need about "
-                  f"{_minutes(t)}, over {budget_text}{kept}.")
+                  f"{a} at {s} px, {freeze_epochs} + {e} epochs: the quickest recipe"
+                  + (f" with the {' and '.join(fixed)} you set" if fixed else "")
+                  + f", but {images} need about {_minutes(t)}, over the {_minutes(budget)} budget.")

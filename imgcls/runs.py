@@ -43,6 +43,7 @@ class RunParams:
     folds: int = 4
     auto: tuple[str, ...] = ()  # of "arch", "size", "epochs": chosen in the job by the automatic recipe
     budget: float = 300.0  # the automatic recipe's fine_tune time budget, in seconds
+    max_epochs: int = 100  # the most epochs the automatic recipe may choose (the bot's MAX_EPOCHS)
 
 
 def build_spec(store: Store, workshop_id: int, params: RunParams, run_id: Optional[int] = None) -> TrainSpec:

@@ -169,13 +169,15 @@ def fine_tune(learn, spec: TrainSpec, cbs=()) -> None:
         raise TrainingFailed("The GPU ran out of memory; train again with a smaller batch size or image size.") from exc
 
 
-def apply_recipe(spec: TrainSpec, device: str) -> tuple[TrainSpec, str]:
+def apply_recipe(spec: TrainSpec, device: str, method: str = "none") -> tuple[TrainSpec, str]:
     """The spec with the automatic recipe's arch, size and epochs (those in spec.auto) for its training images on
-    `device` (imgcls.recipe), and the recipe's one line saying what it chose and why."""
+    `device` (imgcls.recipe), and the recipe's one line saying what it chose and why. With the k-fold check the
+    run fine-tunes `folds` models in all, so each gets that share of the budget."""
     from .recipe import choose
 
     n_train = sum(1 for item in spec.items if not item.valid)
-    recipe = choose(n_train, device, spec.budget, bs=spec.bs, freeze_epochs=spec.freeze_epochs,
+    budget = spec.budget / (spec.folds if method == "kfold" else 1)
+    recipe = choose(n_train, device, budget, bs=spec.bs, freeze_epochs=spec.freeze_epochs, max_epochs=spec.max_epochs,
                     arch=None if "arch" in spec.auto else spec.arch,
                     size=None if "size" in spec.auto else spec.size,
                     epochs=None if "epochs" in spec.auto else spec.epochs)
@@ -209,7 +211,7 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
     spec = replace(spec, items=items)
     recipe = ""
     if spec.auto:
-        spec, recipe = apply_recipe(spec, device)
+        spec, recipe = apply_recipe(spec, device, method)
         emit(Progress("recipe", message=recipe))
     dls = build_dataloaders(spec, device, items)
     check_split(spec, dls)

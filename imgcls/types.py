@@ -171,6 +171,7 @@ class TrainSpec:
     compare: Optional[CompareTo] = None  # the run before this one, for /retrain's before/after
     auto: tuple[str, ...] = ()  # of "arch", "size", "epochs": what the automatic recipe chooses (imgcls.recipe)
     budget: float = 300.0  # seconds of fine_tune the automatic recipe aims to stay within
+    max_epochs: int = 100  # the most epochs the automatic recipe may choose (the bot's MAX_EPOCHS)
 
     @property
     def total_epochs(self) -> int:
@@ -251,7 +252,8 @@ class TrainResult:
 class Progress:
     """An event streamed from a training job while it runs."""
 
-    kind: str  # "stage", "notice" (news worth telling people: a lost worker), "epoch_start", "batch", "epoch_end"
+    kind: str  # "stage", "notice" (news worth telling people: a lost worker), "recipe" (the automatic recipe's
+    # line: what it chose and why), "epoch_start", "batch", "epoch_end"
     epoch: int = 0
     total_epochs: int = 0
     batch: int = 0

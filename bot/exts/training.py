@@ -126,7 +126,7 @@ class Training(commands.Cog):
         auto = tuple(name for name, value in (("arch", arch), ("size", size), ("epochs", epochs)) if value is None)
         plain = RunParams()
         return RunParams(arch=arch or plain.arch, epochs=epochs or plain.epochs, size=size or plain.size,
-                         suspects=s.suspect_method, auto=auto, budget=s.train_budget)
+                         suspects=s.suspect_method, auto=auto, budget=s.train_budget, max_epochs=s.max_epochs)
 
     @app_commands.command(name="retrain", description="Train again on the cleaned data and compare with before")
     @app_commands.guild_only()

@@ -68,8 +68,8 @@ class Workshop(commands.Cog):
         lines = [f"**{render.plain(ws['name'])}** — {sum(counts.values())} images", render.counts_block(counts)]
         if done:
             m = done[-1]["metrics"] or {}
-            lines.append(f"Model in use: run {done[-1]['id']} ({(done[-1]['params'] or {}).get('arch')}, "
-                         f"{render.right_of(m)} on validation images).")
+            lines.append(f"Model in use: run {done[-1]['id']} ({(done[-1]['params'] or {}).get('arch')}): "
+                         f"{render.right_of(m)} on its validation images.")
         else:
             lines.append("No trained model yet.")
         jobs = self.bot.queue.jobs_for(ws["id"])

@@ -190,12 +190,12 @@ async def test_train_with_no_options_runs_the_automatic_recipe_and_says_what_it_
     status = next(m for m in bot_messages(world) if m.content.startswith("**Run 1**"))
     [line] = [x for x in status.content.splitlines() if x.startswith("Automatic recipe: ")]
     assert line.startswith(f"Automatic recipe: {arch} at 64 px, 1 + 1 epochs:")
-    assert "18 training images on" in line and "(kept: size 64, epochs 1)" in line
+    assert "18 training images on" in line and "with the size and epochs you set" in line
     results = next(m for m in bot_messages(world) if "Run 1 finished" in shown(m))
     assert re.search(r"Run 1 finished: \d+ of 6 right \(\d+%\)", shown(results))
     assert f"Automatic: {arch} at 64 px" in shown(results)
     status_reply = await world.alice.slash(ch, "workshop status")
-    assert re.search(rf"Model in use: run 1 \({arch}, \d+ of 6 right", shown(status_reply.response))
+    assert re.search(rf"Model in use: run 1 \({arch}\): \d+ of 6 right", shown(status_reply.response))
     # a retrain repeats what the recipe chose, so before/after shows the cleaning and nothing else
     await world.host.slash(ch, "retrain")
     store = Store(settings.data_dir)

@@ -24,7 +24,7 @@ def test_the_estimate_stays_within_the_budget_and_shrinks_the_recipe_to_fit():
     assert tight.estimate_s <= best.estimate_s / 2
     assert (tight.size, tight.epochs, tight.arch) != (best.size, best.epochs, best.arch)
     assert tight.estimate_s == pytest.approx(estimate(n, tight.arch, tight.size, tight.epochs, 1, "cpu", 2))
-    assert "fits" in tight.why and "within the" in tight.why
+    assert "fits" in tight.why and "of the" in tight.why
 
 
 def test_nothing_fits_then_the_quickest_recipe_and_the_line_says_it_takes_longer():
@@ -46,7 +46,7 @@ def test_a_small_dataset_gets_more_epochs_up_to_a_cap():
 def test_what_a_host_fixed_is_kept_and_said():
     r = choose(240, "cpu", 1e6, arch="resnet18", epochs=7, cpus=2)
     assert (r.arch, r.epochs) == ("resnet18", 7) and r.size == CANDIDATES["cpu"][0][1]
-    assert "(kept: arch resnet18, epochs 7)" in r.why
+    assert "with the backbone and epochs you set, the rest as the benchmark found best" in r.why
     assert choose(240, "cpu", 1e6, size=96, cpus=2).size == 96
 
 
@@ -84,7 +84,42 @@ def test_a_job_with_the_automatic_recipe_trains_what_it_chose_and_records_it(sto
     chosen = CANDIDATES["cpu"][0][0]
     lines = [e.message for e in events if e.kind == "recipe"]
     assert len(lines) == 1 and lines[0].startswith(f"{chosen} at 64 px, 1 + 1 epochs")
-    assert "(kept: size 64, epochs 1)" in lines[0]
+    assert "with the size and epochs you set" in lines[0]
     p = run["params"]
     assert (p["arch"], p["size"], p["epochs"], p["auto"], p["recipe"]) == (chosen, 64, 1, [], lines[0])
     assert len(run["epochs"]) == 2  # 1 frozen + 1, as chosen
+
+
+def test_the_recipe_never_goes_over_the_bots_epoch_cap():
+    assert choose(12, "cpu", 1e6, cpus=2, max_epochs=4).epochs == 4
+    assert choose(5000, "cpu", 1, cpus=2, max_epochs=1).epochs == 1
+
+
+def fake_spec(n: int, **kw):
+    from imgcls.types import TrainItem, TrainSpec
+
+    items = tuple(TrainItem(i, f"/x/{i}.jpg", "a" if i % 2 else "b", valid=i % 5 == 0) for i in range(n))
+    return TrainSpec(items=items, labels=("a", "b"), out_dir="", **kw)
+
+
+def test_apply_recipe_fills_in_only_what_is_automatic_and_splits_the_budget_for_kfold():
+    from imgcls.train import apply_recipe
+
+    spec = fake_spec(100, auto=("arch", "size", "epochs"), budget=1e6)
+    chosen, line = apply_recipe(spec, "cpu")
+    n_train = 80
+    expected = choose(n_train, "cpu", 1e6, bs=32)
+    assert (chosen.arch, chosen.size, chosen.epochs, chosen.auto) == (expected.arch, expected.size, expected.epochs, ())
+    assert line == expected.why and f"{n_train} training images" in line
+    assert chosen.items == spec.items  # the split is the workshop's, whatever the recipe
+
+    by_hand = fake_spec(100, auto=("size",), arch="resnet18", epochs=2, budget=1e6)
+    chosen, line = apply_recipe(by_hand, "cpu")
+    assert (chosen.arch, chosen.epochs) == ("resnet18", 2) and "with the backbone and epochs you set" in line
+
+    budget = expected.estimate_s * 1.5  # fits one fine_tune, not four
+    one, _ = apply_recipe(fake_spec(100, auto=("arch", "size", "epochs"), budget=budget), "cpu")
+    four, line = apply_recipe(fake_spec(100, auto=("arch", "size", "epochs"), budget=budget, folds=4), "cpu", "kfold")
+    assert (one.size, one.epochs) == (expected.size, expected.epochs)
+    assert (four.size, four.epochs, four.arch) != (one.size, one.epochs, one.arch)
+    assert f"the {recipe._minutes(budget / 4)} budget" in line  # each of the four fine-tunes gets a quarter
