@@ -43,6 +43,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,6 +72,8 @@ class Config:
     epochs: int
     freeze_epochs: int = 1
     find_lr: bool = False
+    item_tfm: str = "resize"
+    lr: Optional[float] = None  # a fixed learning rate other than fastai's default
     why: str = ""
 
 
@@ -81,11 +84,19 @@ def parse_config(name: str, n_train: int, device: str, budget: float, bs: int) -
         from imgcls.recipe import choose
 
         recipe = choose(n_train, device, budget, bs=bs)
-        return Config(name, recipe.arch, recipe.size, recipe.epochs, recipe.freeze_epochs, why=recipe.why)
+        return Config(name, recipe.arch, recipe.size, recipe.epochs, recipe.freeze_epochs, item_tfm=recipe.item_tfm,
+                      why=recipe.why)
     parts = name.split("-")
-    if len(parts) not in (3, 4) or not parts[2].startswith("e") or (len(parts) == 4 and parts[3] != "find"):
-        raise SystemExit(f"bad configuration name {name!r}: use ARCH-SIZE-eEPOCHS[-find], e.g. lite1-160-e5")
-    return Config(name, parts[0], int(parts[1]), int(parts[2][1:]), find_lr=len(parts) == 4)
+    extras = parts[3:]
+    ok = len(parts) >= 3 and parts[2].startswith("e") and all(
+        x in ("find", "squish", "rrc") or x.startswith("lr") for x in extras)
+    if not ok:
+        raise SystemExit(f"bad configuration name {name!r}: use ARCH-SIZE-eEPOCHS[-find|-squish|-rrc|-lrRATE], "
+                         "e.g. lite1-160-e5 or lite0-192-e4-squish")
+    lr = next((float(x[2:]) for x in extras if x.startswith("lr")), None)
+    item_tfm = "squish" if "squish" in extras else "random_resized_crop" if "rrc" in extras else "resize"
+    return Config(name, parts[0], int(parts[1]), int(parts[2][1:]), find_lr="find" in extras, item_tfm=item_tfm,
+                  lr=lr)
 
 
 def train_and_test(cfg: Config, items: list[TrainItem], test: list[TrainItem], labels: list[str], seed: int,
@@ -99,15 +110,18 @@ def train_and_test(cfg: Config, items: list[TrainItem], test: list[TrainItem], l
     warm_up()
     spec = TrainSpec(items=tuple(items), labels=tuple(labels), out_dir=tempfile.mkdtemp(prefix="imgcls-acc-"),
                      arch=cfg.arch, size=cfg.size, epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, bs=bs,
-                     seed=seed, device=device, suspects="none")
+                     seed=seed, device=device, suspects="none", item_tfm=cfg.item_tfm)
     set_seed(seed)
     dls = build_dataloaders(spec, device, items)
     learn = make_learner(spec, dls, device)
     cpu0, wall0 = time.process_time(), time.monotonic()
     lr = None
-    if cfg.find_lr:
-        with learn.no_bar(), learn.no_logging():
-            lr = float(learn.lr_find(show_plot=False).valley)
+    if cfg.find_lr or cfg.lr:
+        if cfg.find_lr:
+            with learn.no_bar(), learn.no_logging():
+                lr = float(learn.lr_find(show_plot=False).valley)
+        else:
+            lr = cfg.lr
         with learn.no_bar(), learn.no_logging():
             learn.fine_tune(cfg.epochs, base_lr=lr, freeze_epochs=cfg.freeze_epochs)
     else:
@@ -124,7 +138,7 @@ def train_and_test(cfg: Config, items: list[TrainItem], test: list[TrainItem], l
     del learn, dls
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     return {"config": cfg.name, "arch": cfg.arch, "size": cfg.size, "epochs": cfg.epochs,
-            "freeze_epochs": cfg.freeze_epochs, "find_lr": cfg.find_lr, "lr": lr, "seed": seed, "device": device,
+            "freeze_epochs": cfg.freeze_epochs, "find_lr": cfg.find_lr, "lr": lr, "item_tfm": cfg.item_tfm, "seed": seed, "device": device,
             "train_images": len(items) - n_valid, "valid_images": n_valid, "test_images": len(test),
             "test_right": right, "test_acc": right / len(test), "tta_right": tta_right,
             "tta_acc": tta_right / len(test), "valid_acc": valid_acc, "cpu_s": cpu, "wall_s": wall, "why": cfg.why}
@@ -228,7 +242,8 @@ def main() -> int:
         for name in names:
             cfg = parse_config(name, n_train, args.device, args.budget, args.bs)
             done = next((r for r in rows if r["config"] == name and r["seed"] == seed
-                         and (r["arch"], r["size"], r["epochs"]) == (cfg.arch, cfg.size, cfg.epochs)), None)
+                         and (r["arch"], r["size"], r["epochs"], r.get("item_tfm", "resize"))
+                         == (cfg.arch, cfg.size, cfg.epochs, cfg.item_tfm)), None)
             if done:
                 continue
             t0 = time.monotonic()
@@ -236,7 +251,7 @@ def main() -> int:
             rows = [r for r in rows if not (r["config"] == name and r["seed"] == seed)] + [row]
             with jsonl.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(f"seed {seed} {name:<20} ({cfg.arch} {cfg.size}px 1+{cfg.epochs}{' lr_find' if cfg.find_lr else ''}):"
+            print(f"seed {seed} {name:<20} ({cfg.arch} {cfg.size}px 1+{cfg.epochs} {cfg.item_tfm}{' lr_find' if cfg.find_lr else ''}):"
                   f" test {row['test_right']}/{row['test_images']} = {row['test_acc']:.3f}, TTA {row['tta_acc']:.3f},"
                   f" valid {row['valid_acc']:.3f} ({row['valid_images']} images), train {n_train} images,"
                   f" CPU {row['cpu_s']:.0f}s, wall {row['wall_s']:.0f}s ({time.monotonic() - t0:.0f}s in all)",

@@ -22,6 +22,7 @@ from .types import ARCHS, LITE_ARCHS, SUSPECT_METHODS, EpochMetrics, Progress, T
 log = logging.getLogger(__name__)
 
 MIN_IMAGES_PER_LABEL = 5
+ITEM_TFMS = ("resize", "squish", "random_resized_crop")
 ProgressFn = Callable[[Progress], None]
 
 
@@ -56,6 +57,8 @@ def check_spec(spec: TrainSpec) -> None:
         raise InvalidInput(f"Image size {spec.size} is out of range; use 32-1024 pixels (224 is typical).")
     if spec.epochs < 1 or spec.freeze_epochs < 0 or spec.total_epochs > 100:
         raise InvalidInput("Epochs must be between 1 and 100.")
+    if spec.item_tfm not in ITEM_TFMS:
+        raise InvalidInput(f"Unknown item transform '{spec.item_tfm}'; use one of: {', '.join(ITEM_TFMS)}.")
     if spec.bs < 2:
         raise InvalidInput("Batch size must be at least 2.")
     if not 0.05 <= spec.valid_pct <= 0.5:
@@ -109,7 +112,10 @@ def build_dataloaders(spec: TrainSpec, device: str, items: Optional[Sequence[Tra
     from .archs import LITE_STATS
 
     items = list(items if items is not None else with_split(spec))
-    item_tfms = RandomResizedCrop(spec.size, min_scale=0.5) if spec.item_tfm == "random_resized_crop" else Resize(spec.size)
+    if spec.item_tfm == "random_resized_crop":
+        item_tfms = RandomResizedCrop(spec.size, min_scale=0.5)
+    else:  # "resize" crops the centre to a square, as the notebooks do; "squish" keeps the whole picture
+        item_tfms = Resize(spec.size, method="squish" if spec.item_tfm == "squish" else "crop")
     batch_tfms = list(aug_transforms()) if spec.augment else []
     if spec.arch in LITE_ARCHS:  # fastai knows the torchvision stats; EfficientNet-Lite's are added here
         batch_tfms.append(Normalize.from_stats(*LITE_STATS))
@@ -181,7 +187,8 @@ def apply_recipe(spec: TrainSpec, device: str, method: str = "none") -> tuple[Tr
                     arch=None if "arch" in spec.auto else spec.arch,
                     size=None if "size" in spec.auto else spec.size,
                     epochs=None if "epochs" in spec.auto else spec.epochs)
-    return replace(spec, arch=recipe.arch, size=recipe.size, epochs=recipe.epochs, auto=()), recipe.why
+    return replace(spec, arch=recipe.arch, size=recipe.size, epochs=recipe.epochs, item_tfm=recipe.item_tfm,
+                   auto=()), recipe.why
 
 
 def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult:
@@ -362,7 +369,7 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
         parent_predictions=parent_predictions,
         onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path) if onnx_path else "",
         chosen=(("arch", spec.arch), ("size", spec.size), ("epochs", spec.epochs),
-                ("freeze_epochs", spec.freeze_epochs), ("auto", ())),
+                ("freeze_epochs", spec.freeze_epochs), ("item_tfm", spec.item_tfm), ("auto", ())),
         recipe=recipe,
     )
 

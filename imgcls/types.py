@@ -160,7 +160,7 @@ class TrainSpec:
     valid_pct: float = 0.2
     seed: int = 42
     device: str = "auto"
-    item_tfm: str = "resize"  # "resize" or "random_resized_crop"
+    item_tfm: str = "resize"  # "resize" (centre crop), "squish" (the whole picture) or "random_resized_crop"
     augment: bool = True  # aug_transforms as batch transforms
     num_workers: int = 0
     top_losses: int = 9

@@ -62,7 +62,7 @@ def test_onnx_runtime_gives_learner_predicts_top3_on_every_image(trained):
     print(f"\n{len(images)} images: the same top 3; largest probability difference {worst:.2e}")
 
 
-@pytest.mark.parametrize("item_tfm", ["resize", "random_resized_crop"])
+@pytest.mark.parametrize("item_tfm", ["resize", "squish", "random_resized_crop"])
 @pytest.mark.parametrize("shape", [(200, 120), (90, 170), (128, 128)])
 def test_the_validation_transform_is_redone_pixel_for_pixel(tmp_path, item_tfm, shape):
     img = make_image("triangles", seed=5, size=200).resize(shape)

@@ -10,7 +10,7 @@ from imgcls.recipe import CANDIDATES, MAX_AUTO_EPOCHS, MIN_AUTO_EPOCHS, choose, 
 
 def test_a_generous_budget_gets_the_benchmarks_best_recipe_for_the_device():
     for device in ("cpu", "cuda"):
-        arch, size, epochs = CANDIDATES[device][0]
+        arch, size, epochs, _ = CANDIDATES[device][0]
         r = choose(240, device, budget=1e6, cpus=2)
         assert (r.arch, r.size, r.epochs, r.freeze_epochs) == (arch, size, epochs, 1)
         assert "most accurate" in r.why and "\n" not in r.why
@@ -83,10 +83,11 @@ def test_a_job_with_the_automatic_recipe_trains_what_it_chose_and_records_it(sto
     assert run["status"] == "done", run["error"]
     chosen = CANDIDATES["cpu"][0][0]
     lines = [e.message for e in events if e.kind == "recipe"]
-    assert len(lines) == 1 and lines[0].startswith(f"{chosen} at 64 px, 1 + 1 epochs")
+    assert len(lines) == 1 and lines[0].startswith(f"{chosen} at 64 px") and "1 + 1 epochs:" in lines[0]
     assert "with the size and epochs you set" in lines[0]
     p = run["params"]
     assert (p["arch"], p["size"], p["epochs"], p["auto"], p["recipe"]) == (chosen, 64, 1, [], lines[0])
+    assert p["item_tfm"] == CANDIDATES["cpu"][0][3]
     assert len(run["epochs"]) == 2  # 1 frozen + 1, as chosen
 
 
@@ -109,7 +110,8 @@ def test_apply_recipe_fills_in_only_what_is_automatic_and_splits_the_budget_for_
     chosen, line = apply_recipe(spec, "cpu")
     n_train = 80
     expected = choose(n_train, "cpu", 1e6, bs=32)
-    assert (chosen.arch, chosen.size, chosen.epochs, chosen.auto) == (expected.arch, expected.size, expected.epochs, ())
+    assert (chosen.arch, chosen.size, chosen.epochs, chosen.item_tfm, chosen.auto) == \
+        (expected.arch, expected.size, expected.epochs, expected.item_tfm, ())
     assert line == expected.why and f"{n_train} training images" in line
     assert chosen.items == spec.items  # the split is the workshop's, whatever the recipe
 
