@@ -18,9 +18,10 @@ default learning rate), with lite0 because the notebooks' resnets need a downloa
 product's automatic recipe (imgcls.recipe) for this dataset's size on this device, with the bot's
 default time budget.
 
-Configuration names: `ARCH-SIZE-eEPOCHS[-find]`, e.g. `lite1-160-e5` (1 frozen + 5 epochs) or
-`lite0-160-e4-find` (the learning rate from fastai's `lr_find` suggestion, its cost counted as
-training time).
+Configuration names: `ARCH-SIZE-eEPOCHS[-find|-squish|-rrc|-lrRATE]`, e.g. `lite1-160-e5` (1 frozen
++ 5 epochs), `lite0-160-e4-find` (the learning rate from fastai's `lr_find` suggestion, its cost
+counted as training time), `lite0-192-e4-squish` (whole pictures squished to the size instead of
+the centre crop), `-rrc` (random resized crops) or `-lr0.005` (a fixed learning rate).
 
 For each configuration it prints test accuracy (mean and half-range over the seeds), the same
 with test-time augmentation (`learn.tta`), validation accuracy, and training CPU time
@@ -58,7 +59,8 @@ DEFAULT_CONFIGS = (
     "notebook", "auto",
     "lite0-128-e3", "lite0-160-e4", "lite0-160-e6", "lite0-192-e4", "lite0-224-e3",
     "lite1-128-e4", "lite1-160-e4", "lite1-192-e3", "lite2-128-e4", "lite2-160-e4", "lite2-192-e3",
-    "lite0-160-e4-find",
+    "lite0-160-e4-find", "lite0-192-e4-lr0.005",
+    "lite0-192-e4-squish", "lite0-160-e6-squish", "lite1-128-e6-squish",
     "lite1-224-e4", "lite2-224-e4",
 )
 GOAL_POINTS = 3.0  # the automatic CPU recipe beats the notebook recipe by this many points, in at most its time
