@@ -145,15 +145,25 @@ def run_results(run: Mapping[str, Any], *, suspects: str = "", files: Mapping[st
     return fit(out)
 
 
+def recipe_words(params: Mapping[str, Any]) -> str:
+    """A run's recipe in a few words: "lite0, 192 px squish, 1+4"."""
+    tfm = {"squish": " squish", "random_resized_crop": " random crops"}.get(params.get("item_tfm", "resize"), "")
+    return (f"{params.get('arch', '?')}, {params.get('size', '?')} px{tfm}, "
+            f"{params.get('freeze_epochs', 1)}+{params.get('epochs', '?')}")
+
+
 def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: Sequence[Mapping[str, Any]],
                  diff: Any = None, image: str = "") -> list[dict[str, Any]]:
-    """Before/after cleaning. diff: an imgcls.compare.Comparison (both models on the same images) or None."""
+    """Before/after cleaning, or a new recipe, or both. diff: an imgcls.compare.Comparison (both models on the same
+    images) or None."""
     m0, m1 = before.get("metrics") or {}, after.get("metrics") or {}
     a0, a1 = m0.get("accuracy", 0.0), m1.get("accuracy", 0.0)
+    r0, r1 = recipe_words(before.get("params") or {}), recipe_words(after.get("params") or {})
+    what = ("cleaning and a new recipe" if changes and r0 != r1 else "a new recipe" if r0 != r1 else "cleaning")
     fields = []
     if diff is not None and diff.n:
         delta = (diff.after_accuracy - diff.before_accuracy) * 100
-        title = (f"Before/after cleaning: {diff.before_right} → {diff.after_right} of {diff.n} right "
+        title = (f"Before/after {what}: {diff.before_right} → {diff.after_right} of {diff.n} right "
                  f"({delta:+.1f} points)")
         desc = (f"Both models on the same {diff.n} validation images, with the labels they have now: run "
                 f"{before['id']}'s got **{diff.before_right} of {diff.n}** right, run {after['id']}'s "
@@ -163,12 +173,15 @@ def before_after(before: Mapping[str, Any], after: Mapping[str, Any], changes: S
         fields.append(_field("Wrong → right", _images(diff.fixed, "was") or "none", True))
         fields.append(_field("Right → wrong", _images(diff.broken, "now") or "none", True))
     else:
-        title = f"Before/after cleaning: {right_of(m0, short=True)} → {right_of(m1, short=True)} ({(a1 - a0) * 100:+.1f} points)"
+        title = (f"Before/after {what}: {right_of(m0, short=True)} → {right_of(m1, short=True)} "
+                 f"({(a1 - a0) * 100:+.1f} points)")
         desc = (f"Run {before['id']} against run {after['id']}, each on its own validation images: "
                 f"{right_of(m0)} before, {right_of(m1)} after.")
     n0 = len((before.get("snapshot") or {}).get("items") or [])
     n1 = len((after.get("snapshot") or {}).get("items") or [])
     fields.insert(0, _field("Dataset", f"{n0} → {n1} images", True))
+    if r0 != r1:
+        fields.insert(1, _field("Recipe", f"{r0} → {r1}", True))
     fields.append(_field("What the group changed", changes_value(changes)))
     out = {"title": title, "description": desc, "color": PURPLE, "fields": fields}
     if image:

@@ -1,8 +1,8 @@
 """The automatic training recipe: backbone, image size and epochs for this dataset on this device, within a budget.
 
     recipe = choose(n_train=240, device="cpu", budget=300)
-    recipe.arch, recipe.size, recipe.epochs, recipe.why
-    # ('lite0', 192, 4, 'lite0 at 192 px, 1 + 4 epochs: ...')
+    recipe.arch, recipe.size, recipe.epochs, recipe.item_tfm, recipe.why
+    # ('lite0', 192, 4, 'squish', 'lite0 at 192 px (whole pictures, squished), 1 warm-up + 4 epochs: ...')
 
 Pure Python, no torch: the training job calls it once it knows its device (imgcls.train), and the
 benchmark that chose the numbers below calls it too (bench/accuracy.py).
@@ -104,6 +104,10 @@ def scaled_epochs(base: int, n_train: int, bs: int, cap: int = MAX_AUTO_EPOCHS) 
     return max(1, min(max(base, min(MAX_AUTO_EPOCHS, wanted)), cap))
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
 
@@ -130,25 +134,27 @@ def choose(n_train: int, device: str, budget: float, *, bs: int = 32, arch: Opti
     images = f"{n_train} training images on {where}"
     if fixed:
         kept = " and ".join(fixed)
-        best = f"with the {kept} you set, the rest as the benchmark found best"
+        best = f"with the {kept} you set, the rest as the clip-art benchmark found best"
         trimmed = f"with the {kept} you set, the rest trimmed to fit"
     else:
-        best, trimmed = "the most accurate in the benchmark", "the most accurate recipe that fits"
-    for rank, (a, s, e, tfm) in enumerate(options):
-        # fewer epochs before a smaller model: the benchmark's first epochs gain the most
-        for tried in sorted({e, max(floor, e - 1), max(floor, e - 2)}, reverse=True):
-            if epochs and tried != e:
-                continue
-            t = estimate(n_train, a, s, tried, freeze_epochs, kind, cpus)
-            if t <= budget:
-                reason = best if rank == 0 and tried == e else trimmed
-                return Recipe(a, s, tried, freeze_epochs, t,
-                              f"{a} at {s} px{TFM_WORDS[tfm]}, {freeze_epochs} + {tried} epochs: {reason}; {images}, "
-                              f"about {_minutes(t)} of the {_minutes(budget)} budget.", tfm)
+        best, trimmed = "the most accurate on the clip-art benchmark", "the most accurate recipe that fits"
+    # the measured configurations first, each at its epochs; only then fewer epochs, best configuration first
+    tries = [(rank, a, s, e, tfm) for rank, (a, s, e, tfm) in enumerate(options)]
+    if not epochs:
+        tries += [(rank, a, s, fewer, tfm) for rank, (a, s, e, tfm) in enumerate(options)
+                  for fewer in (e - 1, e - 2) if fewer >= floor]
+    for rank, a, s, e, tfm in tries:
+        t = estimate(n_train, a, s, e, freeze_epochs, kind, cpus)
+        if t <= budget:
+            reason = best if rank == 0 and (epochs or e == options[0][2]) else trimmed
+            more = " (more epochs for a small dataset)" if not epochs and e > CANDIDATES[kind][rank][2] else ""
+            return Recipe(a, s, e, freeze_epochs, t,
+                          f"{a} at {s} px{TFM_WORDS[tfm]}, {freeze_epochs} warm-up + {_epochs(e)}{more}: {reason}; "
+                          f"{images}, about {_minutes(t)} of the {_minutes(budget)} budget.", tfm)
     a, s, e, tfm = options[-1]
     e = epochs or floor
     t = estimate(n_train, a, s, e, freeze_epochs, kind, cpus)
     return Recipe(a, s, e, freeze_epochs, t,
-                  f"{a} at {s} px{TFM_WORDS[tfm]}, {freeze_epochs} + {e} epochs: the quickest recipe"
+                  f"{a} at {s} px{TFM_WORDS[tfm]}, {freeze_epochs} warm-up + {_epochs(e)}: the quickest recipe"
                   + (f" with the {' and '.join(fixed)} you set" if fixed else "")
                   + f", but {images} need about {_minutes(t)}, over the {_minutes(budget)} budget.", tfm)

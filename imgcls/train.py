@@ -207,7 +207,9 @@ def train(spec: TrainSpec, progress: Optional[ProgressFn] = None) -> TrainResult
 
     set_seed(spec.seed)  # python, numpy and torch, so a run can be repeated
     if spec.device != "cuda":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        from .recipe import host_cpus
+
+        torch.set_num_threads(host_cpus())  # the cores this process may use, as the recipe's estimate assumes
     device = pick_device(spec.device)
     method = scoring.pick_method(spec.suspects, device)
     out_dir = Path(spec.out_dir)

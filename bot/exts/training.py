@@ -129,20 +129,26 @@ class Training(commands.Cog):
                          suspects=s.suspect_method, auto=auto, budget=s.train_budget, max_epochs=s.max_epochs)
 
     @app_commands.command(name="retrain", description="Train again on the cleaned data and compare with before")
+    @app_commands.describe(arch="Try another backbone (default: the same recipe as before)",
+                           epochs="Try other epochs after the first (frozen) one", size="Try another image size")
+    @app_commands.choices(arch=[app_commands.Choice(name=a, value=a) for a in ARCHS])
     @app_commands.guild_only()
     @host_only()
-    async def retrain(self, interaction: discord.Interaction) -> None:
+    async def retrain(self, interaction: discord.Interaction, arch: Optional[str] = None,
+                      epochs: Optional[app_commands.Range[int, 1, 100]] = None,
+                      size: Optional[app_commands.Range[int, 64, 512]] = None) -> None:
         ws = await workshop_here(interaction)
         before = await self.bot.db(self.bot.store.latest_run, ws["id"])
         params = RunParams(**{k: v for k, v in (before["params"] or {}).items() if k in RunParams.__dataclass_fields__})
-        # the same recipe as the run before (the automatic one's choices included), so before/after shows the cleaning
-        params = replace(params, suspects=self.bot.settings.suspect_method, auto=())
+        # the same recipe as the run before (the automatic one's choices included), so before/after shows the
+        # cleaning; what a host changes shows up in it too, on the same validation images
+        changed = {k: v for k, v in (("arch", arch), ("epochs", epochs), ("size", size)) if v}
+        params = replace(params, suspects=self.bot.settings.suspect_method, auto=(), **changed)
         await self._queue(interaction, ws, params, parent=before)
 
     async def _queue(self, interaction: discord.Interaction, ws: dict, params: RunParams,
                      parent: Optional[dict]) -> None:
-        if params.epochs > self.bot.settings.max_epochs:
-            raise InvalidInput(f"This bot allows at most {self.bot.settings.max_epochs} epochs.")
+        check_epochs(params, self.bot.settings.max_epochs)
         queue = self.bot.queue
         queue.check(interaction.guild_id, ws["id"])  # before a run is created for nothing
         self.bot.spawn(self._follow_slots(), name="follow-slots")  # in the background: the interaction first
@@ -392,6 +398,12 @@ class Training(commands.Cog):
         await interaction.followup.send(
             f"Run {row['id']}'s model ({size / 1e6:.1f} MB; load it with fastai's `load_learner`; "
             f"sha256 `{row['model_sha256']}`).", file=discord.File(io.BytesIO(data), f"run{row['id']}-model.pkl"))
+
+
+def check_epochs(params: RunParams, max_epochs: int) -> None:
+    """Refuse epochs over MAX_EPOCHS; epochs the automatic recipe chooses keep to it by themselves."""
+    if "epochs" not in params.auto and params.epochs > max_epochs:
+        raise InvalidInput(f"This bot allows at most {max_epochs} epochs.")
 
 
 def _read_and_hash(path: Path) -> tuple[bytes, str]:

@@ -138,3 +138,18 @@ def test_the_guide_file_has_every_step_and_bad_files_are_refused_with_a_reason(t
                      'do = "Add photos."\nwhy = "Examples."\n[[step]]\nkey = "train"\ntitle = "Train"\n'
                      'command = "/train"\ndo = "Train it."\nwhy = "Learning."\n')
     assert [s.title for s in load_guide(short).steps] == ["Get pictures", "Train"]
+
+
+def test_before_after_says_what_changed_the_cleaning_the_recipe_or_both():
+    labels = ["cats", "dogs"]
+    a, b = run(2, labels), run(3, labels)
+    b["params"] = {"arch": "lite2", "size": 224, "epochs": 4, "item_tfm": "squish"}
+    changes = [{"action": "delete", "image_id": 5, "label": "cats", "who": "1"}]
+    [same] = embeds.before_after(a, run(3, labels), changes, None)
+    assert same["title"].startswith("Before/after cleaning: 52/60 right → 52/60 right")
+    assert "Recipe" not in texts([same])
+    [recipe] = embeds.before_after(a, b, [], None)
+    assert recipe["title"].startswith("Before/after a new recipe: ")
+    assert "lite0, 224 px, 1+? → lite2, 224 px squish, 1+4" in texts([recipe])
+    [both] = embeds.before_after(a, b, changes, None)
+    assert both["title"].startswith("Before/after cleaning and a new recipe: ")

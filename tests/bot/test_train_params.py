@@ -6,7 +6,8 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from bot import render
-from bot.exts.training import Training
+from bot.exts.training import Training, check_epochs
+from imgcls.errors import InvalidInput
 from bot.settings import Settings, SettingsError, check
 from imgcls.runs import RunParams
 
@@ -58,3 +59,12 @@ def test_a_queued_automatic_run_is_listed_as_automatic_not_as_a_placeholder():
 def test_bad_recipe_settings_are_refused_with_a_reason(env, needle):
     with pytest.raises(SettingsError, match=needle):
         check(replace(Settings(discord_token="x"), **env))
+
+
+def test_an_automatic_train_is_not_refused_under_a_small_epoch_cap():
+    s = replace(Settings(), max_epochs=2)
+    p = params(s)
+    check_epochs(p, s.max_epochs)  # the placeholder epochs are not the recipe's: no refusal
+    assert p.max_epochs == 2  # the recipe gets the cap instead
+    with pytest.raises(InvalidInput, match="at most 2 epochs"):
+        check_epochs(params(s, epochs=3), s.max_epochs)

@@ -189,7 +189,7 @@ async def test_train_with_no_options_runs_the_automatic_recipe_and_says_what_it_
     arch = CANDIDATES["cpu"][0][0]
     status = next(m for m in bot_messages(world) if m.content.startswith("**Run 1**"))
     [line] = [x for x in status.content.splitlines() if x.startswith("Automatic recipe: ")]
-    assert line.startswith(f"Automatic recipe: {arch} at 64 px") and "1 + 1 epochs:" in line
+    assert line.startswith(f"Automatic recipe: {arch} at 64 px") and "1 warm-up + 1 epoch:" in line
     assert "18 training images on" in line and "with the size and epochs you set" in line
     results = next(m for m in bot_messages(world) if "Run 1 finished" in shown(m))
     assert re.search(r"Run 1 finished: \d+ of 6 right \(\d+%\)", shown(results))
@@ -198,10 +198,21 @@ async def test_train_with_no_options_runs_the_automatic_recipe_and_says_what_it_
     assert re.search(rf"Model in use: run 1 \({arch}\): \d+ of 6 right", shown(status_reply.response))
     # a retrain repeats what the recipe chose, so before/after shows the cleaning and nothing else
     await world.host.slash(ch, "retrain")
+    # ... and a host may change one thing on purpose: before/after shows it, on the same validation images
+    await world.host.slash(ch, "retrain", epochs=2)
     store = Store(settings.data_dir)
     try:
-        first, second = store.run(1)["params"], store.run(2)["params"]
+        first, second, third = (store.run(i)["params"] for i in (1, 2, 3))
     finally:
         store.close()
-    assert (second["arch"], second["size"], second["epochs"], second["auto"]) == (arch, 64, 1, [])
+    tfm = CANDIDATES["cpu"][0][3]
+    assert (second["arch"], second["size"], second["epochs"], second["item_tfm"], second["auto"]) == \
+        (arch, 64, 1, tfm, [])
     assert first["recipe"] and "recipe" not in second
+    assert (third["arch"], third["size"], third["epochs"], third["item_tfm"]) == (arch, 64, 2, tfm)
+    same = next(m for m in bot_messages(world) if shown(m).startswith("Before/after cleaning: "))
+    assert "Recipe" not in shown(same) and "of 6 right" in shown(same)
+    changed = next(m for m in bot_messages(world) if shown(m).startswith("Before/after a new recipe: "))
+    assert re.search(r"Before/after a new recipe: \d+ → \d+ of 6 right", shown(changed))
+    squish = " squish" if tfm == "squish" else ""
+    assert f"{arch}, 64 px{squish}, 1+1 → {arch}, 64 px{squish}, 1+2" in shown(changed)

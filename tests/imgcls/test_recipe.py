@@ -10,11 +10,13 @@ from imgcls.recipe import CANDIDATES, MAX_AUTO_EPOCHS, MIN_AUTO_EPOCHS, choose, 
 
 def test_a_generous_budget_gets_the_benchmarks_best_recipe_for_the_device():
     for device in ("cpu", "cuda"):
-        arch, size, epochs, _ = CANDIDATES[device][0]
+        arch, size, epochs, tfm = CANDIDATES[device][0]
         r = choose(240, device, budget=1e6, cpus=2)
         assert (r.arch, r.size, r.epochs, r.freeze_epochs) == (arch, size, epochs, 1)
         assert "most accurate" in r.why and "\n" not in r.why
-        assert f"{arch} at {size} px, 1 + {epochs} epochs" in r.why and "240 training images" in r.why
+        assert r.item_tfm == tfm
+        assert f"{arch} at {size} px{recipe.TFM_WORDS[tfm]}, 1 warm-up + {epochs} epochs:" in r.why
+        assert "240 training images" in r.why
 
 
 def test_the_estimate_stays_within_the_budget_and_shrinks_the_recipe_to_fit():
@@ -37,8 +39,9 @@ def test_nothing_fits_then_the_quickest_recipe_and_the_line_says_it_takes_longer
 def test_a_small_dataset_gets_more_epochs_up_to_a_cap():
     base = CANDIDATES["cpu"][0][2]
     assert choose(240, "cpu", 1e6, cpus=2).epochs == base
-    small = choose(60, "cpu", 1e6, cpus=2).epochs
-    assert base < small <= MAX_AUTO_EPOCHS
+    small = choose(60, "cpu", 1e6, cpus=2)
+    assert base < small.epochs <= MAX_AUTO_EPOCHS and "(more epochs for a small dataset)" in small.why
+    assert "small dataset" not in choose(240, "cpu", 1e6, cpus=2).why
     assert choose(12, "cpu", 1e6, cpus=2).epochs == MAX_AUTO_EPOCHS
     assert choose(5000, "cpu", 1e9, cpus=2).epochs == base  # never fewer than the benchmark's for a big set
 
@@ -46,7 +49,7 @@ def test_a_small_dataset_gets_more_epochs_up_to_a_cap():
 def test_what_a_host_fixed_is_kept_and_said():
     r = choose(240, "cpu", 1e6, arch="resnet18", epochs=7, cpus=2)
     assert (r.arch, r.epochs) == ("resnet18", 7) and r.size == CANDIDATES["cpu"][0][1]
-    assert "with the backbone and epochs you set, the rest as the benchmark found best" in r.why
+    assert "with the backbone and epochs you set, the rest as the clip-art benchmark found best" in r.why
     assert choose(240, "cpu", 1e6, size=96, cpus=2).size == 96
 
 
@@ -83,7 +86,7 @@ def test_a_job_with_the_automatic_recipe_trains_what_it_chose_and_records_it(sto
     assert run["status"] == "done", run["error"]
     chosen = CANDIDATES["cpu"][0][0]
     lines = [e.message for e in events if e.kind == "recipe"]
-    assert len(lines) == 1 and lines[0].startswith(f"{chosen} at 64 px") and "1 + 1 epochs:" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"{chosen} at 64 px") and "1 warm-up + 1 epoch:" in lines[0]
     assert "with the size and epochs you set" in lines[0]
     p = run["params"]
     assert (p["arch"], p["size"], p["epochs"], p["auto"], p["recipe"]) == (chosen, 64, 1, [], lines[0])
