@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import json
 import multiprocessing
-import os
 import random
 import statistics
 import sys
@@ -50,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.clipart import hold_out, ingest_categories, short_name  # noqa: E402
 from bot.settings import Settings  # noqa: E402
+from imgcls.recipe import host_cpus  # noqa: E402
 from imgcls.split import split_items  # noqa: E402
 from imgcls.store import Store  # noqa: E402
 from imgcls.types import TrainItem, TrainSpec  # noqa: E402
@@ -110,6 +110,7 @@ def train_and_test(cfg: Config, items: list[TrainItem], test: list[TrainItem], l
     from imgcls.train import build_dataloaders, fine_tune, make_learner, warm_up
 
     warm_up()
+    torch.set_num_threads(host_cpus())  # as the training job does
     spec = TrainSpec(items=tuple(items), labels=tuple(labels), out_dir=tempfile.mkdtemp(prefix="imgcls-acc-"),
                      arch=cfg.arch, size=cfg.size, epochs=cfg.epochs, freeze_epochs=cfg.freeze_epochs, bs=bs,
                      seed=seed, device=device, suspects="none", item_tfm=cfg.item_tfm)
@@ -138,7 +139,6 @@ def train_and_test(cfg: Config, items: list[TrainItem], test: list[TrainItem], l
     tta_right = int((tta_probs.argmax(1) == tta_targs).sum())
     n_valid = sum(1 for i in items if i.valid)
     del learn, dls
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     return {"config": cfg.name, "arch": cfg.arch, "size": cfg.size, "epochs": cfg.epochs,
             "freeze_epochs": cfg.freeze_epochs, "find_lr": cfg.find_lr, "lr": lr, "item_tfm": cfg.item_tfm, "seed": seed, "device": device,
             "train_images": len(items) - n_valid, "valid_images": n_valid, "test_images": len(test),
@@ -214,7 +214,7 @@ def main() -> int:
         names.insert(0, "notebook")  # the baseline is always measured in the same run
     print(f"settings: categories={cats} per_category<={args.per_category} test_share={args.test_share} "
           f"valid_pct={args.valid_pct} bs={args.bs} device={args.device} seeds={seeds} torch threads="
-          f"{os.cpu_count()}", flush=True)
+          f"{host_cpus()}", flush=True)
 
     work = Path(args.workdir or Path(tempfile.gettempdir()) / "imgcls-bench-accuracy")
     listing = work / f"images-{hashlib.sha256(','.join(cats).encode()).hexdigest()[:12]}.json"

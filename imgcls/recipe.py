@@ -10,9 +10,9 @@ benchmark that chose the numbers below calls it too (bench/accuracy.py).
 Where the numbers come from: `bench/accuracy.py` on Debian's openclipart-png (five categories,
 about 240 training images, a held-out test set, 3 seeds). `CANDIDATES` lists, per device, the
 configurations worth running, best first by the benchmark's test accuracy; the recipe takes the
-first whose estimated training time fits the budget. `COST` is the measured wall time per training
-image and epoch on a 2-core CPU; the CUDA costs are estimates (the data loading on the CPU
-dominates there), not measurements.
+first whose estimated training time fits the budget. `CPU_BASE_COST`, `ARCH_FACTOR` and
+`SIZE_EXPONENT` are fitted to the measured wall time per training image and epoch on a 2-core
+CPU; `CUDA_COST` is an estimate, not a measurement (the data loading on the CPU dominates there).
 """
 from __future__ import annotations
 
